@@ -1,0 +1,1 @@
+"""Prefect flows: recipes that chain the tasks in ``tasks/``."""

@@ -1,0 +1,28 @@
+"""Domain errors: bad input is reported as one paragraph, not a traceback."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class for errors caused by input or environment, not by a bug."""
+
+
+class DataLoadError(PipelineError):
+    """A data source could not be found, read or parsed."""
+
+
+class DataValidationError(PipelineError):
+    """A dataset failed one or more validation checks.
+
+    Attributes:
+        failures: every failed check, as ``"<split>: <check>: <detail>"`` strings.
+    """
+
+    def __init__(self, source: str, failures: list[str]) -> None:
+        self.source = source
+        self.failures = list(failures)
+        checks = "; ".join(self.failures)
+        super().__init__(
+            f"Dataset {source} failed {len(self.failures)} validation "
+            f"check(s): {checks}."
+        )

@@ -1,0 +1,36 @@
+"""The reference notebook's LeNet-style CNN, in Keras's own words."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def build_model(
+    input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 10
+) -> keras.Model:
+    """Conv 30@5x5 -> pool -> conv 15@3x3 -> pool -> dense 500 -> dropout -> softmax."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            layers.Conv2D(30, kernel_size=(5, 5), activation="relu", name="conv1"),
+            layers.MaxPooling2D(pool_size=(2, 2), name="pool1"),
+            layers.Conv2D(15, kernel_size=(3, 3), activation="relu", name="conv2"),
+            layers.MaxPooling2D(pool_size=(2, 2), name="pool2"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(500, activation="relu", name="dense"),
+            layers.Dropout(0.5, name="dropout"),
+            layers.Dense(num_classes, activation="softmax", name="softmax"),
+        ],
+        name="lenet",
+    )
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+    """Adam, categorical cross-entropy and accuracy, as in the notebook."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

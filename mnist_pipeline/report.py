@@ -1,0 +1,47 @@
+"""Human-readable summaries of a run (Prefect markdown artifact, CLI lines)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+def summary_markdown(
+    *,
+    metrics: Mapping[str, float],
+    dataset: str,
+    digest: str,
+    model_name: str,
+    version: str,
+    run_id: str,
+    run_url: str | None,
+) -> str:
+    """Headline metrics, dataset and model version as a markdown page."""
+    run = f"[{run_id}]({run_url})" if run_url else f"`{run_id}`"
+    return "\n".join(
+        [
+            "# MNIST training run",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| Test accuracy | **{metrics['test_accuracy']:.4f}** |",
+            f"| Test loss | {metrics['test_loss']:.4f} |",
+            f"| Worst class recall | {metrics['test_min_class_recall']:.4f} |",
+            f"| Dataset | {dataset} (digest `{digest}`) |",
+            f"| Registered model | `{model_name}` version **{version}** |",
+            f"| MLflow run | {run} |",
+        ]
+    )
+
+
+def per_class_rows(per_class: Sequence[Mapping[str, float]]) -> list[dict[str, str]]:
+    """Per-class metrics rounded for a table artifact."""
+    return [
+        {
+            "class": str(int(row["class"])),
+            "precision": f"{row['precision']:.4f}",
+            "recall": f"{row['recall']:.4f}",
+            "f1": f"{row['f1']:.4f}",
+            "support": str(int(row["support"])),
+        }
+        for row in per_class
+    ]

@@ -1,0 +1,47 @@
+"""Process-level settings applied by the entry points before Prefect loads."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mnist_pipeline.errors import PipelineError
+
+#: Defaults that keep a run's console honest: no telemetry errors from an
+#: offline machine, stage logs in Prefect's UI, no TensorFlow C++ INFO banners.
+#: A value the user set in the environment always wins.
+ENVIRONMENT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "mnist_pipeline",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TF_CPP_MIN_LOG_LEVEL": "1",
+}
+
+
+def configure_environment() -> None:
+    """Apply :data:`ENVIRONMENT_DEFAULTS` where the user has not set a value."""
+    for key, value in ENVIRONMENT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+class _HideExpectedTracebacks(logging.Filter):
+    """Drops the traceback from log records about input errors (not bugs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, PipelineError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_FILTER = _HideExpectedTracebacks()
+
+
+def hide_expected_tracebacks() -> None:
+    """Make Prefect log bad input as one line, keeping tracebacks for real bugs."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

@@ -1,0 +1,226 @@
+"""Everything MLflow: runs, params, metric histories, datasets, plots, the model.
+
+All logging goes through :class:`~mlflow.MlflowClient` with explicit run ids, so
+it is correct from any thread (MLflow's fluent "active run" is thread-local).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
+
+from mnist_pipeline.data import DatasetRef
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MODEL_ARTIFACT = "model"
+SIGNATURE = ModelSignature(
+    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 28, 28))]),
+    outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
+)
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a SQLite store in the working folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def connect(uri: str | None = None) -> MlflowClient:
+    """Point MLflow at ``uri`` (default: :func:`tracking_uri`) and return a client."""
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def client() -> MlflowClient:
+    """A client for the tracking URI :func:`connect` set."""
+    return MlflowClient()
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, creating it (race-safely) when missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # created by a concurrent run in the meantime
+        return client.get_experiment_by_name(name).experiment_id
+
+
+@contextmanager
+def tracked_run(
+    client: MlflowClient, experiment_id: str, run_name: str | None, tags: Mapping
+) -> Iterator[str]:
+    """Open an MLflow run; close it FINISHED, or FAILED with the reason as a tag."""
+    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    run_id = run.info.run_id
+    try:
+        yield run_id
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        reason = f"{type(exc).__name__}: {exc}"[:4000]
+        client.set_tag(run_id, "failure_reason", reason)
+        client.set_terminated(run_id, RunStatus.to_string(getattr(RunStatus, status)))
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, object]) -> None:
+    """Log every parameter in one call."""
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+
+def log_metrics(
+    client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0
+) -> None:
+    """Log a batch of metrics at one step."""
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+    )
+
+
+class EpochMetrics(keras.callbacks.Callback):
+    """Logs train/validation loss and accuracy as MLflow metric histories."""
+
+    _NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        super().__init__()
+        self._client = client
+        self._run_id = run_id
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = {self._NAMES.get(k, k): v for k, v in (logs or {}).items()}
+        log_metrics(self._client, self._run_id, metrics, step=epoch + 1)
+
+
+def log_datasets(client: MlflowClient, run_id: str, ref: DatasetRef) -> None:
+    """Record the train and test splits as MLflow dataset inputs."""
+    source_type = "http" if ref.source.startswith("http") else "local"
+    inputs = []
+    for split in ("train", "test"):
+        schema = {
+            "images": {
+                "shape": ref.shapes[f"x_{split}"],
+                "dtype": ref.dtypes[f"x_{split}"],
+            },
+            "labels": {
+                "shape": ref.shapes[f"y_{split}"],
+                "dtype": ref.dtypes[f"y_{split}"],
+            },
+        }
+        entity = DatasetEntity(
+            name=f"{ref.name}-{split}",
+            digest=ref.split_digests[split],
+            source_type=source_type,
+            source=json.dumps({"uri": ref.source}),
+            schema=json.dumps({"mlflow_tensorspec": schema}),
+            profile=json.dumps({"num_rows": ref.shapes[f"y_{split}"][0]}),
+        )
+        context = InputTag(
+            "mlflow.data.context", "training" if split == "train" else "testing"
+        )
+        inputs.append(DatasetInput(entity, tags=[context]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def log_files(
+    client: MlflowClient, run_id: str, paths: Iterable[Path], folder: str
+) -> None:
+    """Upload files (plots, reports) under an artifact folder."""
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path=folder)
+
+
+def log_evaluation(
+    client: MlflowClient,
+    run_id: str,
+    metrics: Mapping[str, float],
+    per_class: list[dict[str, float]],
+    confusion: list[list[int]],
+) -> None:
+    """Test metrics, the per-class table and the confusion matrix."""
+    log_metrics(client, run_id, metrics)
+    client.log_table(run_id, pd.DataFrame(per_class), "evaluation/per_class.json")
+    client.log_dict(
+        run_id, {"confusion_matrix": confusion}, "evaluation/confusion.json"
+    )
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the served model (skips MLflow's slow inference)."""
+    tensorflow = next(
+        (d for d in ("tensorflow-cpu", "tensorflow") if _installed(d)), "tensorflow"
+    )
+    names = [tensorflow, "keras", "numpy", "mlflow"]
+    return [f"{n}=={metadata.version(n)}" if _installed(n) else n for n in names]
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def log_model(
+    run_id: str,
+    keras_path: Path,
+    model_name: str,
+    input_example: np.ndarray,
+    tags: Mapping[str, str],
+) -> tuple[str, str]:
+    """Log the model as a pyfunc and register a new version of ``model_name``.
+
+    Returns:
+        The logged model's URI and the new registered version.
+    """
+    import mnist_pipeline
+    from mnist_pipeline import serving_model
+
+    info = mlflow.models.Model.log(
+        artifact_path=None,
+        name=MODEL_ARTIFACT,
+        flavor=mlflow.pyfunc,
+        run_id=run_id,
+        python_model=serving_model.__file__,
+        artifacts={"keras_model": str(keras_path)},
+        code_paths=[str(Path(mnist_pipeline.__file__).parent)],
+        signature=SIGNATURE,
+        input_example=input_example,
+        pip_requirements=pip_requirements(),
+        registered_model_name=model_name,
+        tags=dict(tags),
+    )
+    version = str(info.registered_model_version)
+    registry = MlflowClient()
+    for key, value in tags.items():
+        registry.set_model_version_tag(model_name, version, key, value)
+    return info.model_uri, version
+
+
+def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None:
+    """Link to the run in the MLflow UI when tracking goes to a server."""
+    uri = client.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -1,0 +1,1 @@
+"""Prefect tasks: each wraps one stage of ``mnist_pipeline`` with orchestration."""

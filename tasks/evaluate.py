@@ -1,0 +1,62 @@
+"""Task: score the model on the test split and draw what it learned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from mnist_pipeline import plots
+from mnist_pipeline.evaluate import evaluate_model, feature_maps
+from mnist_pipeline.preprocess import PreparedData
+from tasks.train import TrainedModel
+
+FEATURE_IMAGE = 0  # which test image the feature-map plots show
+
+
+class EvaluationSummary(BaseModel):
+    """Test metrics, the per-class table and the evaluation plots."""
+
+    metrics: dict[str, float]
+    per_class: list[dict[str, float]]
+    confusion: list[list[int]]
+    plots: list[str]
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(trained: TrainedModel, prepared_path: str) -> EvaluationSummary:
+    """Evaluate on the test split; write confusion, errors, curves and feature maps."""
+    model = keras.saving.load_model(trained.path)
+    data = PreparedData.load(Path(prepared_path))
+    result = evaluate_model(model, data.x_test, data.y_test)
+    image = data.x_test[FEATURE_IMAGE]
+    label = int(data.y_test[FEATURE_IMAGE].argmax())
+    figures = {
+        "confusion_matrix.png": plots.plot_confusion_matrix(result.confusion),
+        "misclassified.png": plots.plot_misclassified(
+            data.x_test, result.y_true, result.y_pred, result.confidence
+        ),
+        "training_curves.png": plots.plot_training_curves(trained.history),
+    }
+    for layer, maps in feature_maps(model, image).items():
+        title = (
+            f"{layer}: {maps.shape[-1]} feature maps of test image "
+            f"#{FEATURE_IMAGE} (label {label})"
+        )
+        figures[f"feature_maps_{layer}.png"] = plots.plot_feature_maps(
+            image, maps, title
+        )
+    folder = Path(trained.path).parent / "plots"
+    paths = [
+        str(plots.save_figure(fig, folder / name)) for name, fig in figures.items()
+    ]
+    get_run_logger().info("Test accuracy %.4f, loss %.4f", result.accuracy, result.loss)
+    return EvaluationSummary(
+        metrics=result.metrics(),
+        per_class=result.per_class,
+        confusion=result.confusion.tolist(),
+        plots=paths,
+    )

@@ -1,0 +1,28 @@
+"""Task: plot the data (samples per class, class distribution, pixel histogram)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from mnist_pipeline import plots
+from mnist_pipeline.data import DatasetRef, open_dataset
+
+
+@task(name="plot", cache_policy=NO_CACHE)
+def plot_data(ref: DatasetRef, workdir: str, seed: int) -> list[str]:
+    """Write the data plots as PNGs and return their paths."""
+    data = open_dataset(ref)
+    folder = Path(workdir) / "plots" / ref.digest
+    figures = {
+        "samples_per_class.png": plots.plot_samples(
+            data.x_train, data.y_train, seed=seed
+        ),
+        "class_distribution.png": plots.plot_class_distribution(
+            data.y_train, data.y_test
+        ),
+        "pixel_histogram.png": plots.plot_pixel_histogram(data.x_train, data.x_test),
+    }
+    return [str(plots.save_figure(fig, folder / name)) for name, fig in figures.items()]

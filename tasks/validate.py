@@ -1,0 +1,22 @@
+"""Task: validate the dataset before anything trains on it."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from mnist_pipeline.data import DatasetRef, open_dataset
+from mnist_pipeline.validate import ValidationReport, validate_dataset
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_data(ref: DatasetRef, min_class_share: float) -> ValidationReport:
+    """Run every schema check; fail the flow with all failures named."""
+    report = validate_dataset(open_dataset(ref), min_class_share=min_class_share)
+    get_run_logger().info(
+        "Validated %s: %d train and %d test images pass every check",
+        ref.name,
+        report.counts["train"],
+        report.counts["test"],
+    )
+    return report

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny synthetic dataset and an isolated MLflow store per test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_pipeline.data import Dataset
+from mnist_pipeline.runtime import configure_environment
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Entry points set these before Prefect, MLflow or TensorFlow load; so do tests."""
+    configure_environment()
+
+
+def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 28x28 uint8 images whose labels are ``arange(n) % 10``.
+
+    Each class draws a bright bar at its own row band, so a model can learn it.
+    """
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        top = 2 + 2 * int(label)
+        images[i, top : top + 3, 4:24] = 255
+    return images, labels
+
+
+@pytest.fixture
+def tiny_dataset() -> Dataset:
+    """60 training and 30 test images, every class present."""
+    x_train, y_train = make_images(60, seed=1)
+    x_test, y_test = make_images(30, seed=2)
+    return Dataset(x_train, y_train, x_test, y_test, name="tiny", source="synthetic")
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite MLflow store; artifacts land under ``tmp_path/mlruns``."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(autouse=True)
+def _isolated_keras_home(tmp_path_factory, monkeypatch):
+    """Never read or write the user's Keras dataset cache."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))

@@ -1,0 +1,77 @@
+"""Plots are drawn with content: every panel, label and bar a reader looks for."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.image import imread
+
+from mnist_pipeline import plots
+
+
+def test_samples_grid_has_five_per_class(tiny_dataset, tmp_path):
+    figure = plots.plot_samples(tiny_dataset.x_train, tiny_dataset.y_train, seed=0)
+    with_images = [ax for ax in figure.axes if ax.images]
+    assert len(with_images) == 50
+    assert [ax.get_ylabel() for ax in figure.axes[::5]] == [str(c) for c in range(10)]
+    png = imread(plots.save_figure(figure, tmp_path / "samples.png"))
+    assert png.shape[0] > png.shape[1] > 300  # tall grid, readable size
+    assert png[..., :3].std() > 0.1  # not blank
+
+
+def test_class_distribution_bars_carry_counts(tiny_dataset):
+    figure = plots.plot_class_distribution(tiny_dataset.y_train, tiny_dataset.y_test)
+    ax = figure.axes[0]
+    heights = [patch.get_height() for patch in ax.patches]
+    assert heights == [6] * 10 + [3] * 10
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "test"]
+
+
+def test_pixel_histogram_is_normalised(tiny_dataset):
+    figure = plots.plot_pixel_histogram(tiny_dataset.x_train, tiny_dataset.x_test)
+    ax = figure.axes[0]
+    assert ax.get_yscale() == "log"
+    for stairs in ax.patches:
+        assert np.isclose(stairs.get_data().values.sum(), 1.0)
+
+
+def test_confusion_matrix_annotates_every_cell():
+    matrix = np.arange(100).reshape(10, 10)
+    figure = plots.plot_confusion_matrix(matrix)
+    texts = [t.get_text() for t in figure.axes[0].texts]
+    assert texts == [str(v) for v in range(100)]
+
+
+def test_misclassified_shows_most_confident_mistakes_first(tiny_dataset):
+    y_true = np.array([0, 1, 2, 3])
+    y_pred = np.array([0, 7, 5, 3])
+    confidence = np.array([0.9, 0.6, 0.95, 0.8])
+    figure = plots.plot_misclassified(tiny_dataset.x_test, y_true, y_pred, confidence)
+    titles = [ax.get_title() for ax in figure.axes if ax.images]
+    assert titles == ["true 2 → 5\n(95%)", "true 1 → 7\n(60%)"]
+
+
+def test_misclassified_with_no_mistakes_says_so(tiny_dataset):
+    labels = np.arange(5)
+    figure = plots.plot_misclassified(tiny_dataset.x_test, labels, labels, np.ones(5))
+    assert figure.texts[0].get_text() == "No misclassified test images"
+
+
+def test_training_curves_plot_train_and_validation():
+    history = {
+        "loss": [1.0, 0.5],
+        "val_loss": [1.1, 0.6],
+        "accuracy": [0.5, 0.8],
+        "val_accuracy": [0.4, 0.7],
+    }
+    figure = plots.plot_training_curves(history)
+    loss_ax, accuracy_ax = figure.axes
+    assert [line.get_label() for line in loss_ax.lines] == ["train", "validation"]
+    assert list(accuracy_ax.lines[1].get_ydata()) == [0.4, 0.7]
+
+
+def test_feature_maps_one_panel_per_channel():
+    maps = np.random.default_rng(0).random((24, 24, 30))
+    figure = plots.plot_feature_maps(np.zeros((28, 28, 1)), maps, "conv1")
+    assert len([ax for ax in figure.axes if ax.images]) == 31  # input + 30 maps
+    figure = plots.plot_feature_maps(np.zeros((28, 28, 1)), maps[..., :15], "conv2")
+    assert len([ax for ax in figure.axes if ax.images]) == 16

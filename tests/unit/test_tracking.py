@@ -1,0 +1,75 @@
+"""MLflow logging: run status, metric histories, datasets, a model that loads back."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+
+from mnist_pipeline import tracking
+from mnist_pipeline.data import save_dataset
+from mnist_pipeline.model import build_model
+from mnist_pipeline.preprocess import scale_images
+
+
+@pytest.fixture
+def run_id(mlflow_store):
+    client = tracking.connect()
+    experiment = tracking.ensure_experiment(client, "unit")
+    assert tracking.ensure_experiment(client, "unit") == experiment
+    with tracking.tracked_run(
+        client, experiment, "unit-run", {"origin": "test"}
+    ) as rid:
+        yield rid
+
+
+def test_failed_block_marks_the_run_failed_with_reason(mlflow_store):
+    client = tracking.connect()
+    experiment = tracking.ensure_experiment(client, "unit")
+    with pytest.raises(RuntimeError):
+        with tracking.tracked_run(client, experiment, "boom", {}) as rid:
+            raise RuntimeError("disk full")
+    run = client.get_run(rid)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == "RuntimeError: disk full"
+
+
+def test_epoch_metrics_become_histories(run_id):
+    callback = tracking.EpochMetrics(tracking.client(), run_id)
+    for epoch in range(3):
+        callback.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "val_accuracy": 0.5})
+    history = tracking.client().get_metric_history(run_id, "train_loss")
+    assert [(m.step, round(m.value, 3)) for m in history] == [
+        (1, 1.0),
+        (2, 0.5),
+        (3, 0.333),
+    ]
+
+
+def test_datasets_are_logged_with_digest_and_context(run_id, tiny_dataset, tmp_path):
+    ref = save_dataset(tiny_dataset, tmp_path / "datasets")
+    tracking.log_datasets(tracking.client(), run_id, ref)
+    inputs = tracking.client().get_run(run_id).inputs.dataset_inputs
+    logged = {i.dataset.name: (i.dataset.digest, i.tags[0].value) for i in inputs}
+    assert logged == {
+        "tiny-train": (ref.split_digests["train"], "training"),
+        "tiny-test": (ref.split_digests["test"], "testing"),
+    }
+
+
+def test_logged_model_is_registered_and_predicts_like_keras(run_id, tmp_path):
+    model = build_model()
+    keras_path = tmp_path / "model.keras"
+    model.save(keras_path)
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    uri, version = tracking.log_model(
+        run_id, keras_path, "unit-model", images[:1], {"dataset_digest": "abc"}
+    )
+    assert version == "1"
+    registry = tracking.client()
+    assert registry.get_model_version("unit-model", "1").tags["dataset_digest"] == "abc"
+    served = mlflow.pyfunc.load_model("models:/unit-model/1")
+    assert served.metadata.get_input_schema().inputs[0].shape == (-1, 28, 28)
+    expected = model.predict(scale_images(images), verbose=0)
+    np.testing.assert_allclose(served.predict(images), expected, rtol=1e-5, atol=1e-6)
+    assert uri.startswith("models:/")
