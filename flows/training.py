@@ -10,10 +10,11 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from mnist_pipeline import tracking
+from mnist_pipeline import gate, tracking
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.runtime import hide_expected_tracebacks
 from tasks.evaluate import evaluate
+from tasks.gate import apply_decision, gate_candidate
 from tasks.load import load_data
 from tasks.plot import plot_data
 from tasks.preprocess import preprocess_data
@@ -31,6 +32,8 @@ class TrainingResult(BaseModel):
     model_name: str
     version: str
     test_accuracy: float
+    promoted: bool
+    gate_reasons: list[str] = []
     run_url: str | None = None
 
 
@@ -80,6 +83,19 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
         log_results(run_id, evaluation, data_plots)
         accuracy = evaluation.metrics["test_accuracy"]
         version = register_model(run_id, trained, data, config.model_name, accuracy)
+
+        decision, champion = gate_candidate(
+            config.model_name,
+            version,
+            trained,
+            data,
+            _thresholds(config, data.name),
+            config.seed,
+        )
+        promoted = apply_decision(
+            run_id, config.model_name, version, decision, champion
+        )
+
         url = tracking.run_url(client, experiment_id, run_id)
         publish_summary(
             metrics=evaluation.metrics,
@@ -90,6 +106,9 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
             version=version,
             run_id=run_id,
             run_url=url,
+            gate="promoted to @champion"
+            if promoted
+            else "rejected: " + "; ".join(decision.reasons),
         )
     return TrainingResult(
         run_id=run_id,
@@ -97,7 +116,21 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
         model_name=config.model_name,
         version=version,
         test_accuracy=accuracy,
+        promoted=promoted,
+        gate_reasons=decision.reasons,
         run_url=url,
+    )
+
+
+def _thresholds(config: TrainConfig, dataset_name: str) -> gate.Thresholds:
+    floor = config.min_accuracy
+    return gate.Thresholds(
+        min_accuracy=gate.default_min_accuracy(dataset_name)
+        if floor is None
+        else floor,
+        max_accuracy_drop=config.max_accuracy_drop,
+        max_recall_drop=config.max_recall_drop,
+        min_robust_accuracy=config.min_robust_accuracy,
     )
 
 

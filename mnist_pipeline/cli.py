@@ -14,9 +14,10 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.config import PredictConfig, RegistryConfig, TrainConfig
 from mnist_pipeline.data import check_source
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.predict import check_input
 from mnist_pipeline.runtime import configure_environment
 
 app = typer.Typer(
@@ -74,6 +75,21 @@ def train(
     workdir: Annotated[
         str, typer.Option(help="Folder for cached datasets, plots and models.")
     ] = _DEFAULTS.workdir,
+    min_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            help="Gate: test accuracy floor [default: 0.98 MNIST, 0.94 sample]"
+        ),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="Gate: allowed accuracy drop against @champion.")
+    ] = _DEFAULTS.max_accuracy_drop,
+    max_recall_drop: Annotated[
+        float, typer.Option(help="Gate: allowed drop of the worst per-class recall.")
+    ] = _DEFAULTS.max_recall_drop,
+    min_robust_accuracy: Annotated[
+        float, typer.Option(help="Gate: floor on shifted and noisy test accuracy.")
+    ] = _DEFAULTS.min_robust_accuracy,
 ) -> None:
     """Train the CNN, log it to MLflow and register a new model version."""
     config = _build(
@@ -90,18 +106,108 @@ def train(
         test_limit=test_limit,
         min_class_share=min_class_share,
         workdir=workdir,
+        min_accuracy=min_accuracy,
+        max_accuracy_drop=max_accuracy_drop,
+        max_recall_drop=max_recall_drop,
+        min_robust_accuracy=min_robust_accuracy,
     )
     _check(check_source, data)
-    configure_environment()
-    report = _final_report()
+    report = _start()
     from flows.training import mnist_training
 
     result = _run(mnist_training, config=config)
+    verdict = (
+        "promoted to @champion"
+        if result.promoted
+        else "kept as @challenger (" + "; ".join(result.gate_reasons) + ")"
+    )
     report(
         f"Test accuracy: {result.test_accuracy:.4f}",
+        f"Promotion gate: {verdict}",
         f"MLflow run id: {result.run_id}",
         f"Registered model: {result.model_name} version {result.version}",
     )
+
+
+@app.command()
+def predict(
+    input_path: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            help="A .npz (array 'images', 'x_test', 'x' or its only array), an IDX "
+            "image file, or a folder of PNG/JPEG images of any size and colour.",
+        ),
+    ],
+    output: Annotated[str, typer.Option(help="CSV file to write.")],
+    model: Annotated[
+        str, typer.Option(help="MLflow model URI.")
+    ] = "models:/mnist-cnn@champion",
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment of the inference run.")
+    ] = "mnist-predictions",
+) -> None:
+    """Predict a batch of images with a registered model and write a CSV."""
+    config = _build(
+        PredictConfig,
+        model_uri=model,
+        input=input_path,
+        output=output,
+        experiment=experiment,
+    )
+    _check(check_input, input_path)
+    report = _start()
+    from flows.predict import mnist_predict
+
+    result = _run(mnist_predict, config=config)
+    version = result.model_version or "unregistered"
+    report(
+        f"Predicted {result.images} image(s) with {result.model_uri} (v{version})",
+        f"MLflow run id: {result.run_id}",
+        f"Predictions: {result.output}",
+    )
+
+
+@app.command()
+def promote(
+    version: Annotated[int, typer.Option(help="Registered version to make @champion.")],
+    model_name: Annotated[
+        str, typer.Option(help="Registered model name.")
+    ] = "mnist-cnn",
+    reason: Annotated[
+        str, typer.Option(help="Why; recorded in the registry tags.")
+    ] = "operator request",
+) -> None:
+    """Make a registered version the @champion, bypassing the gate."""
+    config = _build(
+        RegistryConfig, model_name=model_name, version=version, reason=reason
+    )
+    report = _start()
+    from flows.registry import promote_model
+
+    previous = _run(promote_model, config=config)
+    report(f"{model_name} @champion: version {previous} -> version {version}")
+
+
+@app.command()
+def rollback(
+    model_name: Annotated[
+        str, typer.Option(help="Registered model name.")
+    ] = "mnist-cnn",
+) -> None:
+    """Move @champion back to the version the current champion replaced."""
+    config = _build(RegistryConfig, model_name=model_name)
+    report = _start()
+    from flows.registry import rollback_model
+
+    current, previous = _run(rollback_model, config=config)
+    report(f"{model_name} @champion: version {current} -> version {previous}")
+
+
+def _start() -> Callable[..., None]:
+    """Configure the process for a flow run; return the final-lines printer."""
+    configure_environment()
+    return _final_report()
 
 
 def _final_report() -> Callable[..., None]:

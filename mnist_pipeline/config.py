@@ -55,6 +55,21 @@ class TrainConfig(BaseModel):
     test_limit: int | None = Field(
         None, ge=10, description="Use a stratified subset of this many test images"
     )
+    min_accuracy: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Gate: test accuracy floor (default 0.98 MNIST, 0.94 sample)",
+    )
+    max_accuracy_drop: float = Field(
+        0.002, ge=0, le=1, description="Gate: allowed accuracy drop vs @champion"
+    )
+    max_recall_drop: float = Field(
+        0.02, ge=0, le=1, description="Gate: allowed drop of the worst class recall"
+    )
+    min_robust_accuracy: float = Field(
+        0.80, ge=0, le=1, description="Gate: floor on shifted/noisy test accuracy"
+    )
     workdir: str = Field(
         "outputs", min_length=1, description="Folder for datasets, plots and models"
     )
@@ -67,3 +82,32 @@ class TrainConfig(BaseModel):
     download_timeout: float = Field(
         30.0, gt=0, le=3600, description="Seconds before a stalled download fails"
     )
+
+
+class PredictConfig(BaseModel):
+    """A batch-inference run: which model, which images, where the CSV goes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_uri: str = Field(
+        "models:/mnist-cnn@champion", min_length=1, description="MLflow model URI"
+    )
+    input: str = Field(
+        ..., min_length=1, description=".npz, IDX image file, or folder of PNG/JPEG"
+    )
+    output: str = Field(..., min_length=1, description="CSV file to write")
+    experiment: str = Field(
+        "mnist-predictions", min_length=1, description="MLflow experiment"
+    )
+
+
+class RegistryConfig(BaseModel):
+    """An operator's change to the registered model's ``@champion`` alias."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_name: str = Field("mnist-cnn", min_length=1)
+    version: int | None = Field(
+        None, ge=1, description="Version to promote (promote only)"
+    )
+    reason: str = Field("operator request", description="Recorded in the tags")

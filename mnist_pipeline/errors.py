@@ -26,3 +26,11 @@ class DataValidationError(PipelineError):
             f"Dataset {source} failed {len(self.failures)} validation "
             f"check(s): {checks}."
         )
+
+
+class RegistryError(PipelineError):
+    """A registry operation cannot be done (missing version, no champion...)."""
+
+
+class PredictionInputError(PipelineError):
+    """Batch-prediction input is missing, unreadable or of the wrong layout."""

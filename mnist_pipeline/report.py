@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from mnist_pipeline.gate import Decision
+
 
 def summary_markdown(
     *,
@@ -14,6 +16,7 @@ def summary_markdown(
     version: str,
     run_id: str,
     run_url: str | None,
+    gate: str,
 ) -> str:
     """Headline metrics, dataset and model version as a markdown page."""
     run = f"[{run_id}]({run_url})" if run_url else f"`{run_id}`"
@@ -28,6 +31,7 @@ def summary_markdown(
             f"| Worst class recall | {metrics['test_min_class_recall']:.4f} |",
             f"| Dataset | {dataset} (digest `{digest}`) |",
             f"| Registered model | `{model_name}` version **{version}** |",
+            f"| Promotion gate | {gate} |",
             f"| MLflow run | {run} |",
         ]
     )
@@ -45,3 +49,28 @@ def per_class_rows(per_class: Sequence[Mapping[str, float]]) -> list[dict[str, s
         }
         for row in per_class
     ]
+
+
+def gate_markdown(
+    model_name: str, version: str, decision: Decision, champion_version: str | None
+) -> str:
+    """The gate's verdict and every compared figure as a markdown page."""
+    verdict = (
+        f"**promoted**: `{model_name}` v{version} is now `@champion`"
+        if decision.promote
+        else f"**rejected**: `{model_name}` v{version} stays `@challenger`"
+    )
+    compared = f"v{champion_version}" if champion_version else "none (first model)"
+    lines = [
+        "# Promotion gate",
+        "",
+        f"Decision: {verdict}. Compared with champion: {compared}.",
+        "",
+        "| Check | Result | Value | Required |",
+        "|---|---|---|---|",
+    ]
+    for check in decision.checks:
+        result = "pass" if check.passed else "**FAIL**"
+        figures = f"{check.value:.4f} | >= {check.threshold:.4f}"
+        lines.append(f"| {check.name} | {result} | {figures} |")
+    return "\n".join(lines)

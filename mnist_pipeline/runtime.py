@@ -8,10 +8,12 @@ import os
 from mnist_pipeline.errors import PipelineError
 
 #: Defaults that keep a run's console honest: no telemetry errors from an
-#: offline machine, stage logs in Prefect's UI, no TensorFlow C++ INFO banners.
-#: A value the user set in the environment always wins.
+#: offline machine, stage logs in Prefect's UI, no TensorFlow C++ INFO banners,
+#: and a temporary Prefect server that may take longer than Prefect's 20 s to
+#: start on a busy 2-core machine. A value set in the environment always wins.
 ENVIRONMENT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "mnist_pipeline",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "MLFLOW_DISABLE_TELEMETRY": "true",

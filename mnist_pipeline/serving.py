@@ -1,18 +1,53 @@
 """The registered model: a pyfunc wrapper around the Keras model.
 
-Its signature takes raw MNIST images, uint8 of shape (N, 28, 28) with pixel values
-0..255 (white digit on black), and returns (N, 10) float32 class probabilities.
-The wrapper scales the pixels itself, so callers never need the training code.
+Its signature takes raw MNIST images as float32 of shape (N, 28, 28) holding
+whole pixel values 0..255 (white digit on black) and returns (N, 10) float32
+class probabilities. The wrapper checks the values and scales them itself, so
+callers never need the training code. float32 rather than uint8 because MLflow's
+HTTP server casts JSON numbers to the signature's dtype: with uint8, scaled
+floats such as 0.5 would silently become 0 instead of being rejected.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel, PythonModelContext
+
+INPUT_DTYPE = np.float32
+
+
+def as_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28) images in the signature's dtype."""
+    return np.asarray(images).reshape(-1, 28, 28).astype(INPUT_DTYPE)
+
+
+def check_pixels(images: np.ndarray) -> None:
+    """Reject values that are not raw 0..255 pixels, saying what to send instead.
+
+    Raises:
+        MlflowException: (HTTP 400 when served) with the reason.
+    """
+    if not np.isfinite(images).all() or images.min() < 0 or images.max() > 255:
+        raise MlflowException.invalid_parameter_value(
+            "Pixel values must be finite and within 0..255 (raw MNIST intensities)."
+        )
+    if (images != np.round(images)).any():
+        raise MlflowException.invalid_parameter_value(
+            "Pixel values must be whole numbers 0..255; images scaled to 0..1 must "
+            "be multiplied by 255 first."
+        )
+    flat = images.reshape(len(images), -1)
+    scaled = (flat.max(axis=1) <= 1) & (flat.max(axis=1) > 0)
+    if scaled.any():
+        raise MlflowException.invalid_parameter_value(
+            f"Image(s) {np.flatnonzero(scaled)[:5].tolist()} look scaled to 0..1; send "
+            "raw pixel values 0..255."
+        )
 
 
 class MnistClassifier(PythonModel):
-    """Scales raw 28x28 images and returns the CNN's class probabilities."""
+    """Checks and scales raw 28x28 images; returns the CNN's class probabilities."""
 
     def load_context(self, context: PythonModelContext) -> None:
         """Load the Keras model saved beside this wrapper."""
@@ -26,6 +61,7 @@ class MnistClassifier(PythonModel):
         self, context: PythonModelContext, model_input: np.ndarray, params=None
     ) -> np.ndarray:
         """Class probabilities for each image of ``model_input``."""
-        images = np.asarray(model_input)
-        scaled = images.reshape(-1, 28, 28, 1).astype(np.float32) / np.float32(255.0)
+        images = np.asarray(model_input, dtype=np.float32)
+        check_pixels(images)
+        scaled = images.reshape(-1, 28, 28, 1) / np.float32(255.0)
         return self.model.predict(scaled, batch_size=1000, verbose=0)

@@ -26,11 +26,13 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
 from mnist_pipeline.data import DatasetRef
+from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.serving import as_model_input
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODEL_ARTIFACT = "model"
 SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 28, 28))]),
+    inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28))]),
     outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
 )
 
@@ -206,7 +208,7 @@ def log_model(
         artifacts={"keras_model": str(keras_path)},
         code_paths=[str(Path(mnist_pipeline.__file__).parent)],
         signature=SIGNATURE,
-        input_example=input_example,
+        input_example=as_model_input(input_example),
         pip_requirements=pip_requirements(),
         registered_model_name=model_name,
         tags=dict(tags),
@@ -224,3 +226,123 @@ def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None
     if not uri.startswith(("http://", "https://")):
         return None
     return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def load_pyfunc(uri: str):
+    """Load a logged or registered model through MLflow's generic pyfunc API."""
+    return mlflow.pyfunc.load_model(uri)
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version an alias points to, or None when the alias is not set."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_challenger(client: MlflowClient, name: str, version: str) -> None:
+    """Point ``@challenger`` at the newest candidate."""
+    client.set_registered_model_alias(name, CHALLENGER, version)
+
+
+def record_gate(
+    client: MlflowClient,
+    run_id: str,
+    name: str,
+    version: str,
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+) -> None:
+    """Write the gate's figures and verdict on both the run and the version."""
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+        client.set_model_version_tag(name, version, key, value)
+    log_metrics(client, run_id, metrics)
+
+
+def move_champion(
+    client: MlflowClient, name: str, version: str, *, by: str, reason: str
+) -> str | None:
+    """Make ``version`` the champion in one alias update; return the previous one.
+
+    The audit tags are written first, then the alias moves in a single call, so
+    a crash at any point leaves the registry with a champion.
+    """
+    previous = alias_version(client, name, CHAMPION)
+    now = _now()
+    client.set_model_version_tag(name, version, "champion.previous", previous or "")
+    client.set_model_version_tag(name, version, "champion.promoted_at", now)
+    client.set_model_version_tag(name, version, "champion.promoted_by", by)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    _record_change(client, name, f"{now} {by}: v{previous} -> v{version} ({reason})")
+    return previous
+
+
+def rollback_champion(client: MlflowClient, name: str, *, by: str) -> tuple[str, str]:
+    """Move ``@champion`` back to the version it replaced.
+
+    Returns:
+        ``(from_version, to_version)``.
+
+    Raises:
+        RegistryError: no champion, or it replaced nothing.
+    """
+    current = alias_version(client, name, CHAMPION)
+    if current is None:
+        raise RegistryError(f"Model '{name}' has no @champion to roll back.")
+    previous = client.get_model_version(name, current).tags.get("champion.previous")
+    if not previous:
+        raise RegistryError(
+            f"Model '{name}' @champion is version {current}, which replaced no earlier "
+            "champion; promote a version explicitly with --version instead."
+        )
+    now = _now()
+    client.set_model_version_tag(name, current, "champion.rolled_back_at", now)
+    client.set_model_version_tag(name, current, "champion.rolled_back_by", by)
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    _record_change(client, name, f"{now} {by}: rollback v{current} -> v{previous}")
+    return current, previous
+
+
+def check_version(client: MlflowClient, name: str, version: str) -> None:
+    """Raise :class:`RegistryError` unless ``name`` has ``version``."""
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise RegistryError(f"Model '{name}' has no version {version}.") from exc
+
+
+def _record_change(client: MlflowClient, name: str, change: str) -> None:
+    client.set_registered_model_tag(name, "champion.last_change", change)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str | None, str | None]:
+    """``models:/name/version`` or ``models:/name@alias`` as (name, version).
+
+    Raises:
+        RegistryError: the URI names a registered model that lacks the version
+            or alias.
+    """
+    if not uri.startswith("models:/"):
+        return None, None
+    ref = uri.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = alias_version(client, name, alias)
+        if version is None:
+            raise RegistryError(f"Model '{name}' has no alias @{alias} ({uri}).")
+        return name, version
+    name, _, version = ref.partition("/")
+    if version.isdigit():
+        check_version(client, name, version)
+        return name, version
+    return None, None

@@ -20,6 +20,7 @@ def publish_summary(
     version: str,
     run_id: str,
     run_url: str | None,
+    gate: str,
 ) -> None:
     """Markdown summary (metrics, dataset, model version, MLflow run) and a table."""
     create_markdown_artifact(
@@ -31,6 +32,7 @@ def publish_summary(
             version=version,
             run_id=run_id,
             run_url=run_url,
+            gate=gate,
         ),
         key="mnist-training-summary",
         description="Headline metrics of this training run",

@@ -15,7 +15,7 @@ from tasks.evaluate import EvaluationSummary
 from tasks.train import TrainedModel
 
 # MLflow calls cross the network when tracking goes to a server: retry them.
-_RETRY = {
+MLFLOW_RETRY = {
     "retries": 3,
     "retry_delay_seconds": exponential_backoff(backoff_factor=2),
     "retry_jitter_factor": 0.5,
@@ -23,19 +23,19 @@ _RETRY = {
 }
 
 
-@task(name="log-params", **_RETRY)
+@task(name="log-params", **MLFLOW_RETRY)
 def log_params(run_id: str, params: Mapping[str, object]) -> None:
     """Log the run's configuration as MLflow params."""
     tracking.log_params(tracking.client(), run_id, params)
 
 
-@task(name="log-dataset", **_RETRY)
+@task(name="log-dataset", **MLFLOW_RETRY)
 def log_dataset(run_id: str, ref: DatasetRef) -> None:
     """Record the train and test splits as MLflow dataset inputs."""
     tracking.log_datasets(tracking.client(), run_id, ref)
 
 
-@task(name="log-results", **_RETRY)
+@task(name="log-results", **MLFLOW_RETRY)
 def log_results(
     run_id: str, evaluation: EvaluationSummary, data_plots: list[str]
 ) -> None:
@@ -48,7 +48,7 @@ def log_results(
     tracking.log_files(client, run_id, map(Path, evaluation.plots), "plots/evaluation")
 
 
-@task(name="register", **_RETRY)
+@task(name="register", **MLFLOW_RETRY)
 def register_model(
     run_id: str,
     trained: TrainedModel,
@@ -68,5 +68,8 @@ def register_model(
     _, version = tracking.log_model(
         run_id, Path(trained.path), model_name, example, tags
     )
-    get_run_logger().info("Registered %s version %s", model_name, version)
+    tracking.set_challenger(tracking.client(), model_name, version)
+    get_run_logger().info(
+        "Registered %s version %s as @challenger", model_name, version
+    )
     return version

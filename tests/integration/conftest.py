@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from mnist_pipeline.data import Dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,3 +43,50 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout=60
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A store holding ``mnist-cnn`` v1 (@champion), trained for real on the sample."""
+
+    uri: str
+    root: Path
+    sample: Dataset
+    accuracy: float
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory) -> Registry:
+    """Train a small but real model once per session and register it."""
+    from mnist_pipeline import tracking
+    from mnist_pipeline.data import load_sample, stratified_subset
+    from mnist_pipeline.evaluate import evaluate_model
+    from mnist_pipeline.preprocess import preprocess
+    from mnist_pipeline.train import train_model
+
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    sample = load_sample()
+    prepared = preprocess(stratified_subset(sample, 2000, None, 0), 0.1, seed=0)
+    model, _ = train_model(
+        prepared, epochs=4, batch_size=100, learning_rate=0.002, seed=0
+    )
+    accuracy = evaluate_model(model, prepared.x_test, prepared.y_test).accuracy
+    model.save(root / "model.keras")
+    client = tracking.connect(uri)
+    experiment = client.create_experiment(
+        "fixtures", artifact_location=(root / "mlruns").as_uri()
+    )
+    with tracking.tracked_run(client, experiment, "fixture", {}) as run_id:
+        tracking.log_model(
+            run_id, root / "model.keras", "mnist-cnn", sample.x_test[:1], {}
+        )
+    tracking.move_champion(client, "mnist-cnn", "1", by="test", reason="fixture")
+    return Registry(uri=uri, root=root, sample=sample, accuracy=accuracy)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on at 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

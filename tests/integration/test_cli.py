@@ -27,7 +27,8 @@ def test_default_entry_point_trains_and_ends_with_the_result(tmp_path):
     assert result.returncode == 0, output
     assert "Traceback" not in output
     assert "| ERROR" not in output and " ERROR " not in output
-    last = result.stdout.strip().splitlines()[-2:]
+    verdict, *last = result.stdout.strip().splitlines()[-3:]
+    assert verdict.startswith("Promotion gate: kept as @challenger (test accuracy")
     assert last[0].startswith("MLflow run id: ")
     assert last[1] == "Registered model: mnist-cnn version 1"
     assert (tmp_path / "mlflow.db").is_file()

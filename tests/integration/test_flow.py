@@ -16,6 +16,7 @@ from mnist_pipeline import tracking
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import load_sample
 from mnist_pipeline.errors import DataValidationError
+from mnist_pipeline.serving import as_model_input
 
 STAGES = {"load", "validate", "plot", "preprocess", "train", "evaluate", "register"}
 PLOTS = {
@@ -87,7 +88,7 @@ def test_flow_trains_tracks_and_registers(prefect_api_url, mlflow_store, tmp_pat
     assert version.run_id == result.run_id
     served = mlflow.pyfunc.load_model("models:/mnist-cnn/1")
     sample = load_sample()
-    probabilities = served.predict(sample.x_test[:50])
+    probabilities = served.predict(as_model_input(sample.x_test[:50]))
     assert probabilities.shape == (50, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     saved = keras.saving.load_model(

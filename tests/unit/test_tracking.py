@@ -10,6 +10,7 @@ from mnist_pipeline import tracking
 from mnist_pipeline.data import save_dataset
 from mnist_pipeline.model import build_model
 from mnist_pipeline.preprocess import scale_images
+from mnist_pipeline.serving import as_model_input
 
 
 @pytest.fixture
@@ -69,7 +70,9 @@ def test_logged_model_is_registered_and_predicts_like_keras(run_id, tmp_path):
     registry = tracking.client()
     assert registry.get_model_version("unit-model", "1").tags["dataset_digest"] == "abc"
     served = mlflow.pyfunc.load_model("models:/unit-model/1")
-    assert served.metadata.get_input_schema().inputs[0].shape == (-1, 28, 28)
+    (spec,) = served.metadata.get_input_schema().inputs
+    assert (spec.shape, spec.type) == ((-1, 28, 28), np.dtype("float32"))
     expected = model.predict(scale_images(images), verbose=0)
-    np.testing.assert_allclose(served.predict(images), expected, rtol=1e-5, atol=1e-6)
+    probabilities = served.predict(as_model_input(images))
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
     assert uri.startswith("models:/")

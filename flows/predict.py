@@ -1,0 +1,51 @@
+"""Batch inference flow: a registered model over a folder or file of images."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from mnist_pipeline import tracking
+from mnist_pipeline.config import PredictConfig
+from mnist_pipeline.runtime import hide_expected_tracebacks
+from tasks.predict import log_predictions, predict_images
+from tasks.track import log_params
+
+
+class PredictionResult(BaseModel):
+    """What a batch-inference run produced."""
+
+    run_id: str
+    model_uri: str
+    model_version: str | None
+    images: int
+    output: str
+
+
+@flow(name="mnist-predict", log_prints=True)
+def mnist_predict(config: PredictConfig) -> PredictionResult:
+    """Predict every image of ``config.input`` with ``config.model_uri`` into a CSV."""
+    hide_expected_tracebacks()
+    client = tracking.connect()
+    experiment_id = tracking.ensure_experiment(client, config.experiment)
+    model_name, version = tracking.resolve_model_uri(client, config.model_uri)
+    tags = {
+        "prefect.flow_run_id": str(flow_run.get_id()),
+        "prefect.flow_run_name": str(flow_run.get_name()),
+        "model_uri": config.model_uri,
+        "model_version": f"{model_name}/{version}" if version else "unregistered",
+    }
+    with tracking.tracked_run(
+        client, experiment_id, flow_run.get_name(), tags
+    ) as run_id:
+        log_params(run_id, config.model_dump() | {"model_version": version})
+        summary = predict_images(config.model_uri, config.input, config.output)
+        log_predictions(run_id, summary, config.output)
+    return PredictionResult(
+        run_id=run_id,
+        model_uri=config.model_uri,
+        model_version=version,
+        images=summary["images"],
+        output=config.output,
+    )

@@ -1,0 +1,42 @@
+"""Operator flows on the registered model: promote a version, roll back."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from mnist_pipeline import tracking
+from mnist_pipeline.config import RegistryConfig
+from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.runtime import hide_expected_tracebacks
+
+
+@flow(name="mnist-promote")
+def promote_model(config: RegistryConfig) -> str | None:
+    """Make ``config.version`` the ``@champion``; return the version it replaced."""
+    hide_expected_tracebacks()
+    if config.version is None:
+        raise RegistryError("Promote needs a version (--version N).")
+    client = tracking.connect()
+    version = str(config.version)
+    tracking.check_version(client, config.model_name, version)
+    previous = tracking.move_champion(
+        client, config.model_name, version, by="operator", reason=config.reason
+    )
+    get_run_logger().info(
+        "%s @champion: v%s -> v%s", config.model_name, previous, version
+    )
+    return previous
+
+
+@flow(name="mnist-rollback")
+def rollback_model(config: RegistryConfig) -> tuple[str, str]:
+    """Move ``@champion`` back to the version the current champion replaced."""
+    hide_expected_tracebacks()
+    client = tracking.connect()
+    current, previous = tracking.rollback_champion(
+        client, config.model_name, by="operator"
+    )
+    get_run_logger().info(
+        "%s @champion rolled back: v%s -> v%s", config.model_name, current, previous
+    )
+    return current, previous

@@ -1,0 +1,100 @@
+"""Registry aliases: champion moves, rollback, and the operator commands."""
+
+from __future__ import annotations
+
+import pytest
+
+from mnist_pipeline import tracking
+from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.model import build_model
+
+from .conftest import run_cli
+
+
+@pytest.fixture
+def three_versions(mlflow_store, tmp_path):
+    """``mnist-cnn`` versions 1..3 (untrained models: aliases are what is tested)."""
+    client = tracking.connect()
+    experiment = tracking.ensure_experiment(client, "registry")
+    path = tmp_path / "model.keras"
+    build_model().save(path)
+    example = __import__("numpy").zeros((1, 28, 28), "uint8")
+    for _ in range(3):
+        with tracking.tracked_run(client, experiment, None, {}) as run_id:
+            tracking.log_model(run_id, path, "mnist-cnn", example, {})
+    return client
+
+
+def champion(client) -> str | None:
+    return tracking.alias_version(client, "mnist-cnn", tracking.CHAMPION)
+
+
+def test_champion_moves_and_rolls_back_with_audit_tags(three_versions):
+    client = three_versions
+    assert champion(client) is None
+    assert (
+        tracking.move_champion(client, "mnist-cnn", "1", by="gate", reason="r1") is None
+    )
+    assert (
+        tracking.move_champion(client, "mnist-cnn", "3", by="gate", reason="r3") == "1"
+    )
+    assert champion(client) == "3"
+    tags = client.get_model_version("mnist-cnn", "3").tags
+    assert tags["champion.previous"] == "1"
+    assert tags["champion.promoted_by"] == "gate"
+
+    assert tracking.rollback_champion(client, "mnist-cnn", by="operator") == ("3", "1")
+    assert champion(client) == "1"
+    assert client.get_model_version("mnist-cnn", "3").tags["champion.rolled_back_by"]
+    change = client.get_registered_model("mnist-cnn").tags["champion.last_change"]
+    assert "rollback v3 -> v1" in change
+
+    with pytest.raises(RegistryError, match="replaced no earlier champion"):
+        tracking.rollback_champion(client, "mnist-cnn", by="operator")
+    assert champion(client) == "1"  # a refused rollback leaves the champion
+
+
+def test_challenger_alias_and_missing_versions(three_versions):
+    client = three_versions
+    tracking.set_challenger(client, "mnist-cnn", "2")
+    assert tracking.alias_version(client, "mnist-cnn", tracking.CHALLENGER) == "2"
+    with pytest.raises(RegistryError, match="no version 9"):
+        tracking.check_version(client, "mnist-cnn", "9")
+    assert tracking.resolve_model_uri(client, "models:/mnist-cnn@challenger") == (
+        "mnist-cnn",
+        "2",
+    )
+    with pytest.raises(RegistryError, match="no alias @champion"):
+        tracking.resolve_model_uri(client, "models:/mnist-cnn@champion")
+
+
+def test_operator_commands_promote_and_roll_back(
+    three_versions, mlflow_store, tmp_path, prefect_api_url
+):
+    env = {"MLFLOW_TRACKING_URI": mlflow_store, "PREFECT_API_URL": prefect_api_url}
+    client = three_versions
+    tracking.move_champion(client, "mnist-cnn", "1", by="gate", reason="first")
+
+    promoted = run_cli(
+        "promote", "--version", "2", "--reason", "hotfix", cwd=tmp_path, env=env
+    )
+    assert promoted.returncode == 0, promoted.stderr
+    assert promoted.stdout.strip().endswith(
+        "mnist-cnn @champion: version 1 -> version 2"
+    )
+    assert champion(client) == "2"
+    tags = client.get_model_version("mnist-cnn", "2").tags
+    assert tags["champion.promoted_by"] == "operator"
+    change = client.get_registered_model("mnist-cnn").tags["champion.last_change"]
+    assert "(hotfix)" in change
+
+    rolled = run_cli("rollback", cwd=tmp_path, env=env)
+    assert rolled.returncode == 0, rolled.stderr
+    assert rolled.stdout.strip().endswith("mnist-cnn @champion: version 2 -> version 1")
+    assert champion(client) == "1"
+
+    missing = run_cli("promote", "--version", "7", cwd=tmp_path, env=env)
+    assert missing.returncode == 1
+    assert "Traceback" not in missing.stdout + missing.stderr
+    assert "Error: Model 'mnist-cnn' has no version 7." in missing.stderr
+    assert champion(client) == "1"
