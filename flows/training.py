@@ -11,6 +11,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from mnist_pipeline import gate, tracking
+from mnist_pipeline.checkpoint import training_key
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.runtime import hide_expected_tracebacks
 from tasks.evaluate import evaluate
@@ -77,6 +78,7 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
             seed=config.seed,
             run_id=run_id,
             workdir=config.workdir,
+            checkpoint_key=training_key(config.training_params(), data.digest),
         )
         evaluation = evaluate(trained, prepared)
 

@@ -83,6 +83,18 @@ class TrainConfig(BaseModel):
         30.0, gt=0, le=3600, description="Seconds before a stalled download fails"
     )
 
+    def training_params(self) -> dict[str, object]:
+        """The fields that decide what training computes (its checkpoint key)."""
+        return self.model_dump(
+            include={
+                "epochs",
+                "batch_size",
+                "learning_rate",
+                "validation_split",
+                "seed",
+            }
+        )
+
 
 class PredictConfig(BaseModel):
     """A batch-inference run: which model, which images, where the CSV goes."""

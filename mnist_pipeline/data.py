@@ -23,6 +23,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from mnist_pipeline.errors import DataLoadError
+from mnist_pipeline.files import atomic_write
+from mnist_pipeline.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +102,7 @@ def save_dataset(dataset: Dataset, folder: Path) -> DatasetRef:
     digest = dataset_digest(digests)
     path = folder / f"{dataset.name}-{digest}.npz"
     if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial.npz")
-        np.savez(partial, **dataset.arrays())
-        partial.replace(path)
+        atomic_write(path, lambda partial: np.savez(partial, **dataset.arrays()))
     arrays = dataset.arrays()
     return DatasetRef(
         path=str(path),
@@ -326,8 +325,8 @@ def fetch_mnist(
         except (OSError, urllib.error.URLError, ValueError) as exc:
             errors.append(str(getattr(exc, "reason", exc)))
     raise DataLoadError(
-        f"MNIST could not be downloaded from {origin} after {attempts} attempt(s) "
-        f"({errors[-1]}) and is not in the cache {cache_dir}."
+        f"MNIST could not be downloaded from {redact_url(origin)} after {attempts} "
+        f"attempt(s) ({redact_text(errors[-1])}) and is not in the cache {cache_dir}."
     )
 
 

@@ -34,3 +34,7 @@ class RegistryError(PipelineError):
 
 class PredictionInputError(PipelineError):
     """Batch-prediction input is missing, unreadable or of the wrong layout."""
+
+
+class TrackingUnavailableError(PipelineError):
+    """The MLflow tracking server cannot be reached."""

@@ -12,14 +12,16 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from mnist_pipeline.files import atomic_write
+
 _CMAP = "gray"
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
     """Write ``figure`` as a PNG and return its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    return atomic_write(
+        path, lambda partial: figure.savefig(partial, dpi=110, bbox_inches="tight")
+    )
 
 
 def plot_samples(

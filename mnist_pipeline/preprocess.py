@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_pipeline.data import Dataset
+from mnist_pipeline.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,8 @@ class PreparedData:
 
     def save(self, path: Path) -> Path:
         """Write all arrays to one uncompressed ``.npz`` (fast to reload)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        np.savez(partial, **{f.name: getattr(self, f.name) for f in fields(self)})
-        partial.replace(path)
-        return path
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        return atomic_write(path, lambda partial: np.savez(partial, **arrays))
 
     @classmethod
     def load(cls, path: Path) -> PreparedData:

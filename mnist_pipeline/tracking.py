@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
@@ -26,7 +28,8 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
 from mnist_pipeline.data import DatasetRef
-from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.errors import RegistryError, TrackingUnavailableError
+from mnist_pipeline.redact import redact_text, redact_url
 from mnist_pipeline.serving import as_model_input
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -43,11 +46,44 @@ def tracking_uri() -> str:
 
 
 def connect(uri: str | None = None) -> MlflowClient:
-    """Point MLflow at ``uri`` (default: :func:`tracking_uri`) and return a client."""
+    """Point MLflow at ``uri`` (default: :func:`tracking_uri`) and return a client.
+
+    Raises:
+        TrackingUnavailableError: a tracking server does not answer (retried).
+    """
     uri = uri or tracking_uri()
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def check_reachable(
+    uri: str, attempts: int = 4, timeout: float = 5.0, backoff: float = 1.0
+) -> None:
+    """Fail fast, after a few retries with backoff, when a server is down.
+
+    Only http(s) URIs are checked; any HTTP answer (even 401) means reachable.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    url, error = f"{uri.rstrip('/')}/health", ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError as exc:
+            error = str(getattr(exc, "reason", exc))
+    waited = sum(backoff * 2**i for i in range(attempts - 1))
+    raise TrackingUnavailableError(
+        f"The MLflow tracking server at {redact_url(uri)} is unreachable ({error}) "
+        f"after {attempts} attempts over {waited:.0f} s. Start it, or unset "
+        "MLFLOW_TRACKING_URI to track into ./mlflow.db."
+    )
 
 
 def client() -> MlflowClient:
@@ -77,7 +113,7 @@ def tracked_run(
         yield run_id
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        reason = f"{type(exc).__name__}: {exc}"[:4000]
+        reason = redact_text(f"{type(exc).__name__}: {exc}")[:4000]
         client.set_tag(run_id, "failure_reason", reason)
         client.set_terminated(run_id, RunStatus.to_string(getattr(RunStatus, status)))
         raise
@@ -85,8 +121,10 @@ def tracked_run(
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, object]) -> None:
-    """Log every parameter in one call."""
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    """Log every parameter in one call, credentials in URLs masked."""
+    client.log_batch(
+        run_id, params=[Param(k, redact_url(str(v))) for k, v in params.items()]
+    )
 
 
 def log_metrics(
@@ -112,6 +150,36 @@ class EpochMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         metrics = {self._NAMES.get(k, k): v for k, v in (logs or {}).items()}
         log_metrics(self._client, self._run_id, metrics, step=epoch + 1)
+
+
+def record_resume(
+    client: MlflowClient,
+    run_id: str,
+    previous_epochs: list[dict[str, float]],
+    interrupted_run: str | None,
+) -> None:
+    """Say in the run that training resumed; carry over the earlier epochs.
+
+    The interrupted run (killed, so still RUNNING) is closed as KILLED.
+    """
+    for entry in previous_epochs:
+        metrics = {
+            EpochMetrics._NAMES.get(k, k): v for k, v in entry.items() if k != "epoch"
+        }
+        log_metrics(client, run_id, metrics, step=int(entry["epoch"]))
+    client.set_tag(run_id, "training.resumed_from_epoch", str(len(previous_epochs)))
+    if not interrupted_run or interrupted_run == run_id:
+        return
+    client.set_tag(run_id, "training.resumed_from_run", interrupted_run)
+    try:
+        interrupted = client.get_run(interrupted_run)
+    except MlflowException:
+        return  # another store, or deleted
+    if interrupted.info.status == "RUNNING":
+        client.set_tag(
+            interrupted_run, "failure_reason", f"interrupted; resumed by run {run_id}"
+        )
+        client.set_terminated(interrupted_run, "KILLED")
 
 
 def log_datasets(client: MlflowClient, run_id: str, ref: DatasetRef) -> None:
@@ -225,7 +293,8 @@ def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None
     uri = client.tracking_uri
     if not uri.startswith(("http://", "https://")):
         return None
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    base = redact_url(uri.rstrip("/"))
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 CHAMPION = "champion"

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from mnist_pipeline import tracking
+from mnist_pipeline.checkpoint import CheckpointFolder, merge_history
 from mnist_pipeline.preprocess import PreparedData
 from mnist_pipeline.train import EpochLogger, train_model
 
@@ -50,25 +51,53 @@ def train(
     seed: int,
     run_id: str,
     workdir: str,
+    checkpoint_key: str,
 ) -> TrainedModel:
-    """Fit the reference CNN and save it under the work folder."""
+    """Fit the reference CNN, resuming an interrupted fit of the same setup."""
+    logger = get_run_logger()
     prepared = PreparedData.load(Path(prepared_path))
     progress = create_progress_artifact(
         0.0, key="training-progress", description=f"Epoch 0/{epochs}"
     )
+    client = tracking.client()
     callbacks = [
-        EpochLogger(get_run_logger(), images=len(prepared.x_train)),
-        tracking.EpochMetrics(tracking.connect(), run_id),
+        EpochLogger(logger, images=len(prepared.x_train)),
+        tracking.EpochMetrics(client, run_id),
         _PrefectProgress(progress),
     ]
-    model, history = train_model(
-        prepared,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        callbacks=callbacks,
-    )
+    folder = Path(workdir) / "checkpoints" / checkpoint_key
+    with CheckpointFolder(folder) as checkpoint:
+        if checkpoint.acquired:
+            interrupted_run = checkpoint.previous_owner()
+            checkpoint.claim(run_id)
+            recorder, backup = checkpoint.callbacks()
+            callbacks = [recorder, backup, *callbacks]
+        else:
+            logger.warning(
+                "Another run is training this same configuration; this run trains "
+                "without a resumable checkpoint."
+            )
+        model, history = train_model(
+            prepared,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            callbacks=callbacks,
+        )
+        if checkpoint.acquired:
+            if recorder.resumed_from:
+                logger.info(
+                    "Resumed at epoch %d/%d from the checkpoint of run %s",
+                    recorder.resumed_from,
+                    epochs,
+                    interrupted_run,
+                )
+                tracking.record_resume(
+                    client, run_id, recorder.previous, interrupted_run
+                )
+                history = merge_history(recorder.previous, history)
+            checkpoint.clear()
     path = Path(workdir) / "models" / run_id / "model.keras"
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)

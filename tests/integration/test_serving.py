@@ -28,6 +28,14 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
         return error.code, json.load(error)
 
 
+def _pings(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def served_champion(trained_registry, tmp_path):
     """``mlflow models serve -m models:/mnist-cnn@champion`` on a free loopback port."""
@@ -46,15 +54,16 @@ def served_champion(trained_registry, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
+        # Wait until *our* process says it listens (another server could have
+        # taken the port after free_port() released it), then until it answers.
+        listening = f"Uvicorn running on {url}"
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
+            text = (tmp_path / "serve.log").read_text()
+            assert process.poll() is None, text
+            if listening in text and _pings(url):
+                break
+            time.sleep(1)
         else:
             pytest.fail("model server did not answer /ping within 180 s")
         yield url

@@ -1,0 +1,153 @@
+"""Faults: a killed run resumes, a missing server fails fast, runs can overlap."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mnist_pipeline import tracking
+
+from .conftest import free_port, run_cli
+
+RESUMABLE = [
+    "train",
+    "--data",
+    "sample",
+    "--train-limit",
+    "2500",
+    "--test-limit",
+    "200",
+    "--epochs",
+    "5",
+    "--batch-size",
+    "50",
+    "--min-accuracy",
+    "0",
+    "--min-robust-accuracy",
+    "0",
+]
+
+
+def _epochs_backed_up(workdir: Path) -> int:
+    """The epoch Keras's BackupAndRestore last saved (0 when none yet)."""
+    epochs = [0]
+    for metadata in workdir.glob("checkpoints/*/backup/training_metadata.json"):
+        try:
+            epochs.append(int(json.loads(metadata.read_text())["epoch"]))
+        except (OSError, ValueError, KeyError):
+            pass
+    return max(epochs)
+
+
+def test_killed_training_resumes_from_the_last_epoch(
+    mlflow_store, tmp_path, prefect_api_url
+):
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": mlflow_store,
+        "PREFECT_API_URL": prefect_api_url,
+    }
+    command = [sys.executable, "-m", "mnist_pipeline.cli", *RESUMABLE]
+    log = (tmp_path / "killed.log").open("w")
+    victim = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while _epochs_backed_up(tmp_path / "outputs") < 2:
+            assert victim.poll() is None, (tmp_path / "killed.log").read_text()
+            assert time.monotonic() < deadline, "training never reached epoch 2"
+            time.sleep(0.2)
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=60)
+        log.close()
+    done = _epochs_backed_up(tmp_path / "outputs")
+    assert 2 <= done < 5
+
+    rerun = run_cli(*RESUMABLE, cwd=tmp_path, env=dict(env))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"Resumed at epoch {done}/5" in rerun.stderr, rerun.stderr[-3000:]
+
+    client = tracking.connect(mlflow_store)
+    experiment = client.get_experiment_by_name("mnist")
+    runs = {r.info.status: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"KILLED", "FINISHED"}
+    finished, killed = runs["FINISHED"], runs["KILLED"]
+    assert finished.data.tags["training.resumed_from_epoch"] == str(done)
+    assert finished.data.tags["training.resumed_from_run"] == killed.info.run_id
+    assert "resumed by run" in killed.data.tags["failure_reason"]
+    history = client.get_metric_history(finished.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+    assert not list((tmp_path / "outputs").glob("checkpoints/*/backup"))
+
+
+def test_unreachable_tracking_server_fails_fast_and_writes_nothing(
+    tmp_path, prefect_api_url
+):
+    uri = f"http://127.0.0.1:{free_port()}"
+    env = {"MLFLOW_TRACKING_URI": uri, "PREFECT_API_URL": prefect_api_url}
+    started = time.monotonic()
+    result = run_cli("train", "--data", "sample", cwd=tmp_path, env=env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(
+        f"Error: The MLflow tracking server at {uri} is unreachable"
+    )
+    assert "after 4 attempts" in error
+    assert elapsed < 120  # 7 s of backoff plus process start, not MLflow's minutes
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_two_runs_at_once_share_one_registry(tmp_path):
+    # The CLI's embedded defaults for both: one SQLite MLflow store, one Prefect
+    # home (each process starts a temporary server on the same database).
+    env = {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    args = [*RESUMABLE[:4], "1000", *RESUMABLE[5:7], "--epochs", "2", *RESUMABLE[10:]]
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))
+    } | env
+    command = [sys.executable, "-m", "mnist_pipeline.cli", *args]
+    processes = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=900) for p in processes]
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, out + err
+        assert "database is locked" not in out + err
+        assert "Traceback" not in out + err
+
+    client = tracking.connect(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("mnist")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    versions = client.search_model_versions("name='mnist-cnn'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    assert {v.run_id for v in versions} == {r.info.run_id for r in runs}
+    champion = tracking.alias_version(client, "mnist-cnn", tracking.CHAMPION)
+    tags = client.get_model_version("mnist-cnn", champion).tags
+    assert tags["gate.decision"] == "promoted"

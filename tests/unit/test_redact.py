@@ -1,0 +1,59 @@
+"""Credentials never reach params, tags, messages or printed links."""
+
+from __future__ import annotations
+
+import pytest
+
+from mnist_pipeline import tracking
+from mnist_pipeline.redact import redact_text, redact_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://user:s3cret@host/x.npz", "https://user:REDACTED@host/x.npz"),
+        ("https://tok3n@host/x.npz", "https://REDACTED@host/x.npz"),
+        (
+            "https://host/x.npz?X-Amz-Signature=abc&v=2&access_token=t",
+            "https://host/x.npz?X-Amz-Signature=REDACTED&v=2&access_token=REDACTED",
+        ),
+        ("https://host/mnist.npz", "https://host/mnist.npz"),
+        ("outputs/data.npz", "outputs/data.npz"),
+        ("sample", "sample"),
+    ],
+)
+def test_redact_url(url, expected):
+    assert redact_url(url) == expected
+
+
+def test_redact_text_finds_urls_in_messages():
+    text = "failed: <urlopen error> for http://bob:hunter2@10.0.0.1:5000/api (retry)"
+    assert "hunter2" not in redact_text(text)
+    assert "http://bob:REDACTED@10.0.0.1:5000/api" in redact_text(text)
+
+
+def test_params_and_run_links_are_redacted(mlflow_store):
+    client = tracking.connect()
+    experiment = tracking.ensure_experiment(client, "secrets")
+    with tracking.tracked_run(client, experiment, None, {}) as run_id:
+        tracking.log_params(
+            client, run_id, {"mnist_origin": "https://u:pw@host/m.npz?token=abc"}
+        )
+    logged = client.get_run(run_id).data.params["mnist_origin"]
+    assert logged == "https://u:REDACTED@host/m.npz?token=REDACTED"
+
+    class Remote:
+        tracking_uri = "https://admin:pw@mlflow.example"
+
+    link = tracking.run_url(Remote(), "1", "abc")
+    assert link == "https://admin:REDACTED@mlflow.example/#/experiments/1/runs/abc"
+
+
+def test_failure_reason_is_redacted(mlflow_store):
+    client = tracking.connect()
+    experiment = tracking.ensure_experiment(client, "secrets")
+    with pytest.raises(OSError):
+        with tracking.tracked_run(client, experiment, None, {}) as run_id:
+            raise OSError("cannot reach https://svc:pa55@store/bucket")
+    reason = client.get_run(run_id).data.tags["failure_reason"]
+    assert "pa55" not in reason and "svc:REDACTED@store" in reason
