@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from mnist_pipeline.files import replace_atomically
+
 _CMAP = "gray"
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
     """Write ``figure`` as a PNG and return its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    with replace_atomically(path) as file:
+        figure.savefig(file, format="png", dpi=110, bbox_inches="tight")
     return path
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_pipeline.data import Dataset
+from mnist_pipeline.files import replace_atomically
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,8 @@ class PreparedData:
 
     def save(self, path: Path) -> Path:
         """Write all arrays to one uncompressed ``.npz`` (fast to reload)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        np.savez(partial, **{f.name: getattr(self, f.name) for f in fields(self)})
-        partial.replace(path)
+        with replace_atomically(path) as file:
+            np.savez(file, **{f.name: getattr(self, f.name) for f in fields(self)})
         return path
 
     @classmethod
