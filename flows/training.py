@@ -4,8 +4,9 @@ Run it with ``mnist-pipeline train`` or ``python -m flows.training``; deploy it
 from its entrypoint ``flows/training.py:mnist_training``.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: ``flow.serve`` pickles the flow
+# function by value for its subprocess, without the module's globals, so its
+# parameter annotations must be classes, not names to resolve later.
 from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel

@@ -130,6 +130,37 @@ def train(
 
 
 @app.command()
+def serve(
+    cron: Annotated[
+        str,
+        typer.Option(help="When scheduled runs start: a cron expression in UTC."),
+    ] = "0 2 * * *",
+) -> None:
+    """Serve the nightly deployment on its schedule until stopped (Ctrl+C).
+
+    Needs a Prefect server (PREFECT_API_URL). Runs the flow in subprocesses, so
+    it is `prefect deploy` plus a worker in one process, without a work pool.
+    """
+    configure_environment()
+    from prefect.schedules import validate_cron_string
+    from prefect.settings import get_current_settings
+
+    from deployments.nightly import serve as serve_nightly
+
+    try:
+        validate_cron_string(cron)
+    except ValueError as exc:
+        _fail(f"Invalid option(s): --cron: {exc} (e.g. '0 2 * * *', 02:00 daily).")
+    if not get_current_settings().api.url:
+        _fail(
+            "serve needs a Prefect server for its schedule: start one with "
+            "`prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api."
+        )
+    serve_nightly(cron)
+
+
+@app.command()
 def predict(
     input_path: Annotated[
         str,

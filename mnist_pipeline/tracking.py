@@ -112,7 +112,10 @@ def tracked_run(
     try:
         yield run_id
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        # Interrupts and cancellations (Ctrl+C, SIGTERM as Prefect's
+        # TerminationSignal) are BaseExceptions, not Exceptions: the run was
+        # stopped, it did not fail.
+        status = "FAILED" if isinstance(exc, Exception) else "KILLED"
         reason = redact_text(f"{type(exc).__name__}: {exc}")[:4000]
         client.set_tag(run_id, "failure_reason", reason)
         client.set_terminated(run_id, RunStatus.to_string(getattr(RunStatus, status)))

@@ -1,0 +1,1 @@
+"""Deployments of the flows: ``prefect.yaml`` for work pools, ``serve`` without one."""
