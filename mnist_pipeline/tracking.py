@@ -6,6 +6,7 @@ it is correct from any thread (MLflow's fluent "active run" is thread-local).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -53,9 +54,28 @@ def connect(uri: str | None = None) -> MlflowClient:
     """
     uri = uri or tracking_uri()
     check_reachable(uri)
+    _initialise_sqlite(uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # The registry follows the tracking URI unless MLFLOW_REGISTRY_URI says
+    # otherwise; mlflow.set_registry_uri would export that variable to every
+    # later subprocess, so it is not called.
+    return MlflowClient(tracking_uri=uri)
+
+
+def _initialise_sqlite(uri: str) -> None:
+    """Create or migrate a SQLite store one process at a time.
+
+    MLflow creates its tables on first use; two runs starting together on a new
+    ``mlflow.db`` would both migrate it ("duplicate column name"). A lock file
+    beside the database serialises that first use.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
 def check_reachable(

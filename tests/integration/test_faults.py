@@ -118,7 +118,16 @@ def test_two_runs_at_once_share_one_registry(tmp_path):
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
-    args = [*RESUMABLE[:4], "1000", *RESUMABLE[5:7], "--epochs", "2", *RESUMABLE[10:]]
+    args = ["train", "--data", "sample", "--train-limit", "1000", "--test-limit"]
+    args += [
+        "200",
+        "--epochs",
+        "2",
+        "--min-accuracy",
+        "0",
+        "--min-robust-accuracy",
+        "0",
+    ]
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))
     } | env

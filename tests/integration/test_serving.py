@@ -41,7 +41,8 @@ def served_champion(trained_registry, tmp_path):
     """``mlflow models serve -m models:/mnist-cnn@champion`` on a free loopback port."""
     port = free_port()
     bin_dir = Path(sys.executable).parent
-    env = os.environ | {
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = inherited | {
         "MLFLOW_TRACKING_URI": trained_registry.uri,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
     }
