@@ -38,3 +38,8 @@ class PredictionInputError(PipelineError):
 
 class TrackingUnavailableError(PipelineError):
     """The MLflow tracking server cannot be reached."""
+
+
+class DistributeConfigError(PipelineError):
+    """``TF_CONFIG`` does not describe a usable cluster."""
+
