@@ -43,3 +43,6 @@ class TrackingUnavailableError(PipelineError):
 class DistributeConfigError(PipelineError):
     """``TF_CONFIG`` does not describe a usable cluster."""
 
+
+class SweepError(PipelineError):
+    """A sweep's grid is unusable, a trial cannot run, or no trial succeeded."""
