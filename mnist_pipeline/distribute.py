@@ -58,12 +58,43 @@ def strategy_kind(gpus: int, tf_config: str | None) -> StrategyKind:
     return "default"
 
 
+def check_supported(tf_config: str | None) -> None:
+    """Refuse a cluster of several workers, which Keras 3's ``fit`` cannot train.
+
+    With Keras 3.15 and TensorFlow 2.21, ``Model.fit`` under a
+    ``MultiWorkerMirroredStrategy`` of two or more workers fails on its first
+    step (keras-team/keras#20585); a one-task cluster trains.
+    ``tests/integration/test_distribute.py`` keeps checking that this is so.
+
+    Raises:
+        DistributeConfigError: ``tf_config`` describes more than one task.
+    """
+    tasks = cluster_size(tf_config)
+    if tasks > 1:
+        import keras
+
+        raise DistributeConfigError(
+            f"TF_CONFIG describes a cluster of {tasks} training tasks, which needs "
+            f"MultiWorkerMirroredStrategy, but Keras {keras.__version__}'s fit "
+            "fails under it with more than one worker (keras-team/keras#20585). "
+            "Unset TF_CONFIG to train on this machine's devices (several GPUs "
+            "train with MirroredStrategy), or spread trials over machines with "
+            "`mnist-pipeline sweep --dask-address`."
+        )
+
+
 def choose_strategy() -> tf.distribute.Strategy:
-    """The strategy for this process: its GPUs and ``TF_CONFIG``, read now."""
+    """The strategy for this process: its GPUs and ``TF_CONFIG``, read now.
+
+    Raises:
+        DistributeConfigError: see :func:`check_supported`.
+    """
     import tensorflow as tf
 
+    tf_config = os.environ.get("TF_CONFIG")
+    check_supported(tf_config)
     gpus = len(tf.config.list_physical_devices("GPU"))
-    strategy = make_strategy(strategy_kind(gpus, os.environ.get("TF_CONFIG")))
+    strategy = make_strategy(strategy_kind(gpus, tf_config))
     log.info(
         "Training with %s on %d replica(s)",
         type(strategy).__name__,

@@ -55,3 +55,9 @@ def test_one_cpu_trains_with_the_default_strategy(monkeypatch):
     strategy = choose_strategy()
     assert strategy.num_replicas_in_sync == 1
     assert strategy is make_strategy("default")
+
+
+def test_a_cluster_of_several_workers_is_refused_before_training(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", TWO_WORKERS)
+    with pytest.raises(DistributeConfigError, match="keras-team/keras#20585"):
+        choose_strategy()
