@@ -9,6 +9,7 @@ through the same promotion gate as ``mnist-training``.
 
 # No ``from __future__ import annotations``: Prefect resolves the flows'
 # parameter annotations at run time (see flows/training.py).
+import logging
 import os
 
 from prefect import flow
@@ -196,6 +197,9 @@ def run_trials(
 
 def _task_runner(config: SweepConfig) -> DaskTaskRunner:
     """The cluster the trials run on: the given scheduler, else a local one."""
+    # Dask logs every connection and worker start and stop at INFO, and a
+    # closed connection with a traceback when a local cluster shuts down.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if config.dask_address:
         # Its workers report to the Prefect API in their own environment.
         return DaskTaskRunner(address=config.dask_address)
@@ -212,6 +216,7 @@ def _task_runner(config: SweepConfig) -> DaskTaskRunner:
                 # The flow's own Prefect server, even a temporary one: without
                 # it every worker would start a temporary server of its own.
                 "PREFECT_API_URL": str(get_client(sync_client=True).api_url),
+                "DASK_LOGGING__DISTRIBUTED": "warning",
                 # The workers share the cores instead of each using them all.
                 "TF_NUM_INTRAOP_THREADS": threads,
             },

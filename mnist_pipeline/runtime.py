@@ -23,9 +23,6 @@ ENVIRONMENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
-    # Dask logs every connection and worker start/stop at INFO, and a closed
-    # connection with a traceback when a sweep's local cluster shuts down.
-    "DASK_LOGGING__DISTRIBUTED": "warning",
 }
 
 
