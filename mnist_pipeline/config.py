@@ -9,7 +9,14 @@ from __future__ import annotations
 import itertools
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 #: Where Keras's own ``keras.datasets.mnist.load_data`` downloads MNIST from.
 KERAS_MNIST_ORIGIN = (
@@ -251,11 +258,14 @@ class SweepConfig(BaseModel):
         description="Worker processes of the local cluster (default: one per core)",
     )
 
-    @model_validator(mode="after")
-    def _workers_only_for_a_local_cluster(self) -> SweepConfig:
-        if self.dask_address and self.workers:
+    @field_validator("workers")
+    @classmethod
+    def _workers_only_for_a_local_cluster(
+        cls, workers: int | None, info: ValidationInfo
+    ) -> int | None:
+        if workers and info.data.get("dask_address"):
             raise ValueError(
-                "workers sizes the local cluster; the cluster at dask_address "
-                "has its own workers"
+                "sizes the local cluster; the cluster at dask_address has its "
+                "own workers"
             )
-        return self
+        return workers

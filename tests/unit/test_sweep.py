@@ -97,7 +97,7 @@ def test_grid_size_is_bounded():
 
 
 def test_workers_only_size_a_local_cluster():
-    with pytest.raises(ValidationError, match="has its own workers"):
+    with pytest.raises(ValidationError, match="sizes the local cluster"):
         SweepConfig(dask_address="tcp://127.0.0.1:8786", workers=2)
 
 
