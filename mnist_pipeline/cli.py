@@ -9,16 +9,23 @@ from __future__ import annotations
 import atexit
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
-from mnist_pipeline.config import PredictConfig, RegistryConfig, TrainConfig
+from mnist_pipeline.config import (
+    PredictConfig,
+    RegistryConfig,
+    SweepConfig,
+    TrainConfig,
+)
 from mnist_pipeline.data import check_source
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.predict import check_input
 from mnist_pipeline.runtime import configure_environment
+from mnist_pipeline.sweep import check_scheduler, format_table, load_grid, trial_rows
 
 app = typer.Typer(
     help="Train, track and register a LeNet-style MNIST CNN with Prefect and MLflow.",
@@ -127,6 +134,154 @@ def train(
         f"MLflow run id: {result.run_id}",
         f"Registered model: {result.model_name} version {result.version}",
     )
+
+
+@app.command()
+def sweep(
+    grid: Annotated[
+        Path,
+        typer.Option(
+            help="YAML file listing the values to try for learning_rate, "
+            "batch_size, dropout, conv_filters (pairs) and epochs; one trial per "
+            "combination."
+        ),
+    ],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="auto, mnist, sample, a .npz in Keras layout, or a folder of "
+            "MNIST IDX files."
+        ),
+    ] = _DEFAULTS.data,
+    validation_split: Annotated[
+        float,
+        typer.Option(help="Share of training images held out; picks the best."),
+    ] = _DEFAULTS.validation_split,
+    seed: Annotated[
+        int, typer.Option(help="Seed for the split, initial weights and dropout.")
+    ] = _DEFAULTS.seed,
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment name.")
+    ] = _DEFAULTS.experiment,
+    model_name: Annotated[
+        str, typer.Option(help="MLflow registered model name.")
+    ] = _DEFAULTS.model_name,
+    train_limit: Annotated[
+        int | None, typer.Option(help="Train on a stratified subset of N images.")
+    ] = None,
+    test_limit: Annotated[
+        int | None, typer.Option(help="Evaluate on a stratified subset of N images.")
+    ] = None,
+    workdir: Annotated[
+        str,
+        typer.Option(
+            help="Folder for datasets and models; with --dask-address it must be "
+            "shared by every worker at the same path."
+        ),
+    ] = _DEFAULTS.workdir,
+    min_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            help="Gate: test accuracy floor [default: 0.98 MNIST, 0.94 sample]"
+        ),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="Gate: allowed accuracy drop against @champion.")
+    ] = _DEFAULTS.max_accuracy_drop,
+    max_recall_drop: Annotated[
+        float, typer.Option(help="Gate: allowed drop of the worst per-class recall.")
+    ] = _DEFAULTS.max_recall_drop,
+    min_robust_accuracy: Annotated[
+        float, typer.Option(help="Gate: floor on shifted and noisy test accuracy.")
+    ] = _DEFAULTS.min_robust_accuracy,
+    min_class_share: Annotated[
+        float, typer.Option(help="Fail validation when a class is rarer than this.")
+    ] = _DEFAULTS.min_class_share,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 "
+            "[default: a local cluster for this run]"
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes of the local cluster [default: cores]"),
+    ] = None,
+) -> None:
+    """Train one model per grid combination in parallel on Dask; gate the best."""
+    values = _load_grid(grid)
+    training = _build(
+        TrainConfig,
+        data=data,
+        validation_split=validation_split,
+        seed=seed,
+        experiment=experiment,
+        model_name=model_name,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        workdir=workdir,
+        min_accuracy=min_accuracy,
+        max_accuracy_drop=max_accuracy_drop,
+        max_recall_drop=max_recall_drop,
+        min_robust_accuracy=min_robust_accuracy,
+        min_class_share=min_class_share,
+    )
+    config = _build(
+        SweepConfig,
+        grid=values,
+        training=training,
+        dask_address=dask_address,
+        workers=workers,
+    )
+    _check(check_source, data)
+    if dask_address:
+        _check(check_scheduler, dask_address)
+    report = _start()
+    from flows.sweep import mnist_sweep
+
+    result = _run(mnist_sweep, config=config)
+    failed = sum(t.status == "FAILED" for t in result.trials)
+    best = next(t for t in result.trials if t.index == result.best_trial)
+    verdict = (
+        "promoted to @champion"
+        if result.promoted
+        else "kept as @challenger (" + "; ".join(result.gate_reasons) + ")"
+    )
+    report(
+        format_table(trial_rows(result.trials, result.best_trial), TABLE_COLUMNS),
+        f"Trials: {len(result.trials) - failed} finished, {failed} failed; "
+        f"at most {result.max_concurrent_trials} ran at once",
+        f"Best trial: {best.index} ({best.params.label()}), validation accuracy "
+        f"{best.val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}",
+        f"Promotion gate: {verdict}",
+        f"MLflow parent run id: {result.run_id}",
+        f"Best trial run id: {result.best_run_id}",
+        f"Registered model: {result.model_name} version {result.version}",
+    )
+
+
+#: The trials table as ``mnist-pipeline sweep`` prints it.
+TABLE_COLUMNS = (
+    "trial",
+    "best",
+    "status",
+    "learning_rate",
+    "batch_size",
+    "dropout",
+    "conv_filters",
+    "epochs",
+    "val_accuracy",
+    "seconds",
+    "error",
+)
+
+
+def _load_grid(path: Path):
+    try:
+        return load_grid(path)
+    except PipelineError as exc:
+        _fail(str(exc))
 
 
 @app.command()

@@ -6,7 +6,17 @@ CLI builds it from options, and MLflow logs it as the run's params.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import itertools
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 #: Where Keras's own ``keras.datasets.mnist.load_data`` downloads MNIST from.
 KERAS_MNIST_ORIGIN = (
@@ -123,3 +133,139 @@ class RegistryConfig(BaseModel):
         None, ge=1, description="Version to promote (promote only)"
     )
     reason: str = Field("operator request", description="Recorded in the tags")
+
+
+#: At most this many combinations per sweep: a typo must not queue thousands.
+MAX_TRIALS = 256
+#: Training settings a sweep's grid decides, per trial (not taken from ``training``).
+SWEPT_FIELDS = ("learning_rate", "batch_size", "dropout", "conv_filters", "epochs")
+
+LearningRate = Annotated[float, Field(gt=0, le=10)]
+BatchSize = Annotated[int, Field(ge=1, le=65536)]
+Dropout = Annotated[float, Field(ge=0, lt=1)]
+Filters = Annotated[int, Field(ge=1, le=1024)]
+Epochs = Annotated[int, Field(ge=1, le=1000)]
+
+
+class TrialParams(BaseModel):
+    """The hyperparameters of one sweep trial: one combination of the grid."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    learning_rate: LearningRate
+    batch_size: BatchSize
+    dropout: Dropout
+    conv_filters: tuple[Filters, Filters]
+    epochs: Epochs
+
+    def label(self) -> str:
+        """A short human-readable description, e.g. for run names and logs."""
+        first, second = self.conv_filters
+        return (
+            f"lr {self.learning_rate:g}, batch {self.batch_size}, dropout "
+            f"{self.dropout:g}, filters {first}/{second}, {self.epochs} epoch(s)"
+        )
+
+
+class SweepGrid(BaseModel):
+    """The values a sweep tries: one trial per combination (their Cartesian product).
+
+    Each field lists values; one left out keeps the notebook's single value
+    (``model.py`` holds the same filter and dropout defaults).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    learning_rate: tuple[LearningRate, ...] = Field(
+        (0.01,), min_length=1, description="Adam learning rates to try"
+    )
+    batch_size: tuple[BatchSize, ...] = Field(
+        (400,), min_length=1, description="Global batch sizes to try"
+    )
+    dropout: tuple[Dropout, ...] = Field(
+        (0.5,), min_length=1, description="Dropout rates before the softmax to try"
+    )
+    conv_filters: tuple[tuple[Filters, Filters], ...] = Field(
+        ((30, 15),),
+        min_length=1,
+        description="Filter counts of the two convolution layers, as pairs",
+    )
+    epochs: tuple[Epochs, ...] = Field(
+        (10,), min_length=1, description="Training epochs to try"
+    )
+
+    @field_validator("learning_rate", "batch_size", "dropout", "epochs", mode="before")
+    @classmethod
+    def _one_value_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, int | float | str) else value
+
+    @field_validator("conv_filters", mode="before")
+    @classmethod
+    def _one_pair_is_a_list(cls, value: object) -> object:
+        if isinstance(value, list | tuple) and value and isinstance(value[0], int):
+            return [value]
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_and_bounded(self) -> SweepGrid:
+        for name in SWEPT_FIELDS:
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a value more than once: {values}")
+        count = len(self.trials())
+        if count > MAX_TRIALS:
+            raise ValueError(
+                f"{count} combinations; a sweep runs at most {MAX_TRIALS} trials"
+            )
+        return self
+
+    def trials(self) -> list[TrialParams]:
+        """Every combination, in a stable order (the grid's, first field slowest)."""
+        return [
+            TrialParams(**dict(zip(SWEPT_FIELDS, values, strict=True)))
+            for values in itertools.product(
+                *(getattr(self, name) for name in SWEPT_FIELDS)
+            )
+        ]
+
+
+class SweepConfig(BaseModel):
+    """A hyperparameter sweep: what every trial shares, the grid, where it runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    grid: SweepGrid = Field(default_factory=SweepGrid)
+    training: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description=(
+            "Shared by every trial: data, subsets, validation split, seed, "
+            "experiment, registered model, gate and work folder. Its epochs, "
+            "batch size and learning rate are not used: the grid decides them."
+        ),
+    )
+    dask_address: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; "
+            "default: a local cluster for this run"
+        ),
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Worker processes of the local cluster (default: one per core)",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_only_for_a_local_cluster(
+        cls, workers: int | None, info: ValidationInfo
+    ) -> int | None:
+        if workers and info.data.get("dask_address"):
+            raise ValueError(
+                "sizes the local cluster; the cluster at dask_address has its "
+                "own workers"
+            )
+        return workers

@@ -38,3 +38,11 @@ class PredictionInputError(PipelineError):
 
 class TrackingUnavailableError(PipelineError):
     """The MLflow tracking server cannot be reached."""
+
+
+class DistributeConfigError(PipelineError):
+    """``TF_CONFIG`` does not describe a usable cluster."""
+
+
+class SweepError(PipelineError):
+    """A sweep's grid is unusable, a trial cannot run, or no trial succeeded."""

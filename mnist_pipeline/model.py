@@ -5,21 +5,34 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+#: The notebook's filter counts of the two convolution layers, and its dropout.
+CONV_FILTERS = (30, 15)
+DROPOUT = 0.5
+
 
 def build_model(
-    input_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int = 10
+    input_shape: tuple[int, int, int] = (28, 28, 1),
+    num_classes: int = 10,
+    *,
+    conv_filters: tuple[int, int] = CONV_FILTERS,
+    dropout: float = DROPOUT,
 ) -> keras.Model:
-    """Conv 30@5x5 -> pool -> conv 15@3x3 -> pool -> dense 500 -> dropout -> softmax."""
+    """Conv 30@5x5 -> pool -> conv 15@3x3 -> pool -> dense 500 -> dropout -> softmax.
+
+    ``conv_filters`` and ``dropout`` let a sweep vary the filter counts and the
+    dropout rate; the defaults are the notebook's.
+    """
+    first, second = conv_filters
     return keras.Sequential(
         [
             keras.Input(shape=input_shape),
-            layers.Conv2D(30, kernel_size=(5, 5), activation="relu", name="conv1"),
+            layers.Conv2D(first, kernel_size=(5, 5), activation="relu", name="conv1"),
             layers.MaxPooling2D(pool_size=(2, 2), name="pool1"),
-            layers.Conv2D(15, kernel_size=(3, 3), activation="relu", name="conv2"),
+            layers.Conv2D(second, kernel_size=(3, 3), activation="relu", name="conv2"),
             layers.MaxPooling2D(pool_size=(2, 2), name="pool2"),
             layers.Flatten(name="flatten"),
             layers.Dense(500, activation="relu", name="dense"),
-            layers.Dropout(0.5, name="dropout"),
+            layers.Dropout(dropout, name="dropout"),
             layers.Dense(num_classes, activation="softmax", name="softmax"),
         ],
         name="lenet",

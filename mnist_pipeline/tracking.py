@@ -23,10 +23,19 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Dataset as DatasetEntity
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
+from mlflow.entities import (
+    DatasetInput,
+    InputTag,
+    Metric,
+    Param,
+    Run,
+    RunStatus,
+    RunTag,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.errors import RegistryError, TrackingUnavailableError
@@ -438,3 +447,97 @@ def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str | None, str |
         check_version(client, name, version)
         return name, version
     return None, None
+
+
+def portable_uri(uri: str) -> str:
+    """``uri`` usable from another working folder: a relative SQLite path made absolute.
+
+    Sweep trials track from Dask worker processes, which need not share the
+    flow's working folder.
+    """
+    prefix = "sqlite:///"
+    path = uri.removeprefix(prefix)
+    if not uri.startswith(prefix) or path.startswith("/") or path == ":memory:":
+        return uri
+    return prefix + str(Path(path).resolve())
+
+
+#: Tag of a sweep trial's run: its index in the grid.
+TRIAL_TAG = "sweep.trial"
+
+
+@contextmanager
+def nested_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+) -> Iterator[str]:
+    """A child of ``parent_run_id`` (MLflow's nested runs), closed like tracked_run."""
+    tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
+    with tracked_run(client, experiment_id, run_name, tags) as run_id:
+        yield run_id
+
+
+def child_runs(
+    client: MlflowClient, experiment_id: str, parent_run_id: str
+) -> dict[int, Run]:
+    """The trial runs under ``parent_run_id``, by trial index."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+        max_results=10000,
+    )
+    return {
+        int(run.data.tags[TRIAL_TAG]): run
+        for run in runs
+        if run.data.tags.get(TRIAL_TAG, "").isdigit()
+    }
+
+
+def fail_child_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    reason: str,
+) -> Run:
+    """Leave a failed trial's run FAILED with its reason; create it if it is missing.
+
+    A trial whose worker died never closed (or never opened) its own run.
+    """
+    index = int(tags[TRIAL_TAG])
+    run = child_runs(client, experiment_id, parent_run_id).get(index)
+    if run is None:
+        tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
+        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    if run.info.status in ("RUNNING", "SCHEDULED"):
+        client.set_tag(run.info.run_id, "failure_reason", redact_text(reason)[:4000])
+        client.set_terminated(run.info.run_id, "FAILED")
+    return client.get_run(run.info.run_id)
+
+
+def log_sweep(
+    client: MlflowClient,
+    run_id: str,
+    rows: list[dict[str, object]],
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+) -> None:
+    """The trials table (``sweep/trials.json``), and the sweep's tags and metrics."""
+    client.log_table(run_id, pd.DataFrame(rows), "sweep/trials.json")
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    log_metrics(client, run_id, metrics)
+
+
+def log_sweep_outcome(
+    client: MlflowClient,
+    run_id: str,
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+) -> None:
+    """Tags and metrics saying what became of a sweep's best trial."""
+    client.log_batch(run_id, tags=[RunTag(k, redact_text(v)) for k, v in tags.items()])
+    log_metrics(client, run_id, metrics)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import keras
 
-from mnist_pipeline.model import build_model, compile_model
+from mnist_pipeline.distribute import choose_strategy
+from mnist_pipeline.model import CONV_FILTERS, DROPOUT, build_model, compile_model
 from mnist_pipeline.preprocess import PreparedData
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 History = dict[str, list[float]]
 
@@ -22,13 +27,29 @@ def train_model(
     learning_rate: float,
     seed: int,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    conv_filters: tuple[int, int] = CONV_FILTERS,
+    dropout: float = DROPOUT,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> tuple[keras.Model, History]:
-    """Build, compile and fit the model; return it with its per-epoch history."""
+    """Build, compile and fit the model; return it with its per-epoch history.
+
+    The model is built and compiled in ``strategy``'s scope, by default the one
+    :func:`~mnist_pipeline.distribute.choose_strategy` picks for the devices
+    present; ``batch_size`` stays the global batch, split across its replicas.
+    """
     keras.utils.set_random_seed(seed)
-    model = compile_model(
-        build_model(prepared.x_train.shape[1:], prepared.y_train.shape[1]),
-        learning_rate,
-    )
+    if strategy is None:
+        strategy = choose_strategy()
+    with strategy.scope():
+        model = compile_model(
+            build_model(
+                prepared.x_train.shape[1:],
+                prepared.y_train.shape[1],
+                conv_filters=conv_filters,
+                dropout=dropout,
+            ),
+            learning_rate,
+        )
     history = model.fit(
         prepared.x_train,
         prepared.y_train,

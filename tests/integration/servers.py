@@ -49,11 +49,13 @@ def background(
     env: dict[str, str],
     log: Path,
     grace: float = 30.0,
+    user: str | None = None,
 ) -> Iterator[subprocess.Popen]:
     """Run ``command`` with output to ``log``; stop its whole group on exit.
 
     Args:
         grace: seconds between Ctrl+C and SIGKILL when stopping it.
+        user: run it as this user (the test runs as root).
     """
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -64,6 +66,7 @@ def background(
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            user=user,
         )
     try:
         yield process
@@ -91,6 +94,7 @@ def run(
     cwd: Path,
     env: dict[str, str],
     timeout: float = 300,
+    user: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion; fail the test with its output if it fails."""
     command = [str(part) for part in command]
@@ -103,6 +107,7 @@ def run(
         text=True,
         timeout=timeout,
         check=False,
+        user=user,
     )
     assert result.returncode == 0, (
         f"{' '.join(command)} exited {result.returncode}:\n"

@@ -57,3 +57,14 @@ def test_training_is_seeded_and_logs_each_epoch(tiny_dataset, caplog):
     epochs = [r.getMessage() for r in caplog.records if r.name == "test.train"]
     assert epochs[0].startswith("Epoch 1/2: ") and "images/s" in epochs[0]
     assert len(epochs) == 4
+
+
+def test_filters_and_dropout_are_parameters_with_the_notebooks_defaults():
+    default = build_model((28, 28, 1), 10)
+    assert default.get_layer("conv1").filters == 30
+    assert default.get_layer("conv2").filters == 15
+    varied = build_model((28, 28, 1), 10, conv_filters=(8, 4), dropout=0.25)
+    assert varied.get_layer("conv1").filters == 8
+    assert varied.get_layer("conv2").filters == 4
+    assert varied.get_layer("dropout").rate == 0.25
+    assert varied.layers[-1].output.shape[1:] == (10,)

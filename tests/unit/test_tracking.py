@@ -76,3 +76,50 @@ def test_logged_model_is_registered_and_predicts_like_keras(run_id, tmp_path):
     probabilities = served.predict(as_model_input(images))
     np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
     assert uri.startswith("models:/")
+
+
+def test_trial_runs_nest_under_their_parent(run_id):
+    client = tracking.client()
+    experiment = client.get_run(run_id).info.experiment_id
+    tags = {tracking.TRIAL_TAG: "0"}
+    with tracking.nested_run(client, experiment, run_id, "trial-0", tags) as child:
+        pass
+    run = client.get_run(child)
+    assert run.data.tags["mlflow.parentRunId"] == run_id
+    assert run.info.status == "FINISHED"
+    assert set(tracking.child_runs(client, experiment, run_id)) == {0}
+
+
+def test_a_failed_trial_gets_a_failed_run_even_when_its_worker_died(run_id):
+    client = tracking.client()
+    experiment = client.get_run(run_id).info.experiment_id
+    # Trial 1 opened its run and died; trial 2 died before opening one.
+    opened = client.create_run(
+        experiment,
+        run_name="trial-1",
+        tags={"mlflow.parentRunId": run_id, tracking.TRIAL_TAG: "1"},
+    ).info.run_id
+    for index in (1, 2):
+        run = tracking.fail_child_run(
+            client,
+            experiment,
+            run_id,
+            f"trial-{index}",
+            {tracking.TRIAL_TAG: str(index)},
+            "KilledWorker: worker died",
+        )
+        assert run.info.status == "FAILED"
+        assert run.data.tags["failure_reason"] == "KilledWorker: worker died"
+        assert run.data.tags["mlflow.parentRunId"] == run_id
+    children = tracking.child_runs(client, experiment, run_id)
+    assert children[1].info.run_id == opened
+    assert set(children) == {1, 2}
+
+
+def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tracking.portable_uri("sqlite:///mlflow.db") == (
+        f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
+    for uri in ("sqlite:////abs/m.db", "http://127.0.0.1:5000", "postgresql://h/db"):
+        assert tracking.portable_uri(uri) == uri
