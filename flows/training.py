@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from mnist_pipeline import tracking
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.runtime import hide_expected_tracebacks
+from tasks.caching import cache_storage
 from tasks.evaluate import evaluate
 from tasks.load import load_data
 from tasks.plot import plot_data
@@ -49,7 +50,9 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
     ) as run_id:
         log_params(run_id, config.model_dump())
 
-        data = load_data(
+        # Data stages persist their results here; a re-run on the same data skips them.
+        cache = cache_storage(config.workdir)
+        data = load_data.with_options(result_storage=cache)(
             config.data,
             config.workdir,
             origin=config.mnist_origin,
@@ -60,9 +63,11 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
             seed=config.seed,
         )
         log_dataset(run_id, data)
-        validate_data(data, config.min_class_share)
-        data_plots = plot_data(data, config.workdir, config.seed)
-        prepared = preprocess_data(
+        validate_data.with_options(result_storage=cache)(data, config.min_class_share)
+        data_plots = plot_data.with_options(result_storage=cache)(
+            data, config.workdir, config.seed
+        )
+        prepared = preprocess_data.with_options(result_storage=cache)(
             data, config.validation_split, config.seed, config.workdir
         )
 
