@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import sys
-import threading
 from collections.abc import Callable
 from typing import Annotated
 
@@ -27,9 +26,6 @@ app = typer.Typer(
     add_completion=False,
 )
 _DEFAULTS = TrainConfig()
-#: Seconds the flow's imports (TensorFlow, MLflow, Prefect) may take on a busy
-#: machine, added to the temporary server's startup timeout while they overlap.
-_IMPORT_SECONDS = 60
 
 
 @app.callback()
@@ -98,10 +94,8 @@ def train(
     _check(check_source, data)
     configure_environment()
     report = _final_report()
-    wait_for_server = _boot_temporary_server()
     from flows.training import mnist_training
 
-    wait_for_server()
     result = _run(mnist_training, config=config)
     report(
         f"Test accuracy: {result.test_accuracy:.4f}",
@@ -128,41 +122,6 @@ def _final_report() -> Callable[..., None]:
     pending: list[str] = []
     atexit.register(echo, pending)
     return lambda *lines: pending.extend(lines)
-
-
-def _boot_temporary_server() -> Callable[[], None]:
-    """Start Prefect's temporary server now, while the flow's imports load.
-
-    Without ``PREFECT_API_URL`` the flow's first API call starts a temporary
-    server (its own process) and waits several seconds for it. Started here, it
-    boots while TensorFlow and MLflow import, and the flow finds it running (it
-    is a singleton). It gets longer than Prefect's own startup timeout, since it
-    shares the CPU with those imports; if it still fails it is stopped, and the
-    flow's first call starts a fresh one and reports what went wrong.
-    """
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    if settings.api.url:
-        return lambda: None  # a running server: nothing to boot
-    # Imported here, not in the thread: concurrent imports can deadlock.
-    from prefect.logging.configuration import ensure_logging_setup
-    from prefect.server.api.server import SubprocessASGIServer
-
-    ensure_logging_setup()  # so that "Starting temporary server on ..." shows
-
-    timeout = settings.server.ephemeral.startup_timeout_seconds + _IMPORT_SECONDS
-
-    def start() -> None:
-        server = SubprocessASGIServer()
-        try:
-            server.start(timeout=timeout)
-        except Exception:  # the flow's own start tries again and reports it
-            server.stop()
-
-    thread = threading.Thread(target=start, name="prefect-server-boot", daemon=True)
-    thread.start()
-    return thread.join
 
 
 def _build(model: type, **values: object):
