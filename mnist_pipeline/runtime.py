@@ -12,9 +12,12 @@ from mnist_pipeline.errors import PipelineError
 #: and its training fast: TensorFlow's oneDNN kernels are on by default only on
 #: CPUs with AVX-512 VNNI or newer; on AVX2 CPUs turning them on trained this
 #: model about 1.7x faster (benchmarks/README.md). TensorFlow reads the flag
-#: once, when it loads. A value the user set in the environment always wins.
+#: once, when it loads. Prefect's temporary server gets 90 s to start instead of
+#: 20: creating its database in a new PREFECT_HOME took longer than 20 s on two
+#: busy cores. A value the user set in the environment always wins.
 ENVIRONMENT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "mnist_pipeline",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "MLFLOW_DISABLE_TELEMETRY": "true",
