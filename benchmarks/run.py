@@ -6,11 +6,13 @@ medians, and ratios are taken within the invocation only.
 
 1. Training throughput: the pipeline's training stage (``benchmarks.stage``) vs
    the notebook script (``benchmarks.baseline``) on the same 60,000 images.
-2. End to end: ``mnist-pipeline train --data sample`` vs the notebook script on
-   the sample (load, scale, fit, evaluate): wall time, peak memory, accuracy.
+2. End to end: ``mnist-pipeline train --data sample`` (with Prefect's temporary
+   server, and with a running one) vs the notebook script on the sample (load,
+   scale, fit, evaluate): wall time, peak memory, accuracy.
 3. Validation of 70,000 images: the pipeline's stage vs plain numpy asserts.
-4. Re-run: the same run twice against a running Prefect server; the second
-   skips load, validate, plot and preprocess through Prefect's cache.
+4. Re-run: the same run twice (on the sample, and for one epoch on 70,000
+   images) against a running Prefect server; the second skips load, validate,
+   plot and preprocess through Prefect's cache.
 """
 
 from __future__ import annotations
@@ -85,8 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp:
         folder = Path(tmp)
         results["validation"] = validation(plan)
-        results["end_to_end"] = end_to_end(plan, folder / "e2e")
-        results["rerun"] = rerun(folder / "rerun")
+        results["end_to_end"], results["rerun"] = end_to_end(plan, folder / "e2e")
         results["throughput"] = throughput(plan, folder / "throughput")
     results["machine"]["load_average_end"] = os.getloadavg()
     results["minutes"] = (time.perf_counter() - started) / 60
@@ -242,14 +243,19 @@ def throughput(plan: Plan, folder: Path) -> dict:
 # -- 2. end to end -----------------------------------------------------------------
 
 
-def pipeline_command(workdir: Path, seed: int) -> list[str]:
+def pipeline_command(
+    workdir: Path, seed: int, data: str = "sample", epochs: int = 10
+) -> list[str]:
+    """``mnist-pipeline train`` as a user types it, in a fresh process."""
     return [
         sys.executable,
         "-m",
         "mnist_pipeline.cli",
         "train",
         "--data",
-        "sample",
+        data,
+        "--epochs",
+        str(epochs),
         "--seed",
         str(seed),
         "--workdir",
@@ -266,37 +272,96 @@ def test_accuracy(measured: Measured) -> float:
     return measured.result()["test_accuracy"]
 
 
-def end_to_end(plan: Plan, folder: Path) -> dict:
+def end_to_end(plan: Plan, folder: Path) -> tuple[dict, dict]:
+    """The pipeline (temporary, then running Prefect server) vs the baseline.
+
+    Returns the end-to-end results and the re-run results (which need the
+    running server to read each stage's state and timing).
+    """
     folder.mkdir(parents=True)
-    # The folder a user runs in: MLflow's and Prefect's databases live here.
-    env = clean_env(PREFECT_HOME=str(folder / "prefect-home"))
+    # The folder a user runs in: MLflow's database and Prefect's home live here.
+    temporary = clean_env(PREFECT_HOME=str(folder / "prefect-home"))
     log("pipeline: first run in a new folder (creates the MLflow and Prefect DBs)")
-    first = run(pipeline_command(folder / "work-first", 0), env=env, cwd=folder)
+    first = run(pipeline_command(folder / "work-first", 0), env=temporary, cwd=folder)
     log(f"  {first.wall_s:.1f} s")
 
     seeds = plan.e2e_seeds
-    sides = {
-        "pipeline": lambda i: run(
-            pipeline_command(folder / f"work-{i}", seeds[i]), env=env, cwd=folder
-        ),
-        "baseline": lambda i: run(
-            [sys.executable, "-m", "benchmarks.baseline", "--seed", str(seeds[i])],
-            env=clean_env(),
-            cwd=folder,
-        ),
-    }
-    measured = alternate(len(seeds), sides)
+    with prefect_server(folder / "server-home") as api:
+        running = clean_env(
+            PREFECT_API_URL=api, PREFECT_HOME=str(folder / "client-home")
+        )
+
+        def pipeline(env: dict[str, str], name: str) -> Callable[[int], Measured]:
+            return lambda i: run(
+                pipeline_command(folder / f"work-{name}-{i}", seeds[i]),
+                env=env,
+                cwd=folder,
+            )
+
+        sides = {
+            "pipeline": pipeline(temporary, "temporary"),
+            "baseline": lambda i: run(
+                [sys.executable, "-m", "benchmarks.baseline", "--seed", str(seeds[i])],
+                env=clean_env(),
+                cwd=folder,
+            ),
+            "pipeline_running_server": pipeline(running, "running"),
+        }
+        measured = alternate(len(seeds), sides)
+        rerun = {
+            "sample": cached_rerun(folder / "rerun-sample", running, api),
+            "70k": cached_rerun(
+                folder / "rerun-70k", running, api, data=dataset_70k(folder), epochs=1
+            ),
+        }
     out = {"seeds": list(seeds), "first_run_in_new_folder": _summary([first])}
     for name, runs in measured.items():
         out[name] = _summary(runs) | {"test_accuracy": [test_accuracy(m) for m in runs]}
-    out["overhead_s"] = (
-        out["pipeline"]["median_wall_s"] - out["baseline"]["median_wall_s"]
+    baseline = out["baseline"]
+    for name in ("pipeline", "pipeline_running_server"):
+        side = out[name]
+        side["overhead_s"] = side["median_wall_s"] - baseline["median_wall_s"]
+        for key in ("peak_rss_mb", "peak_tree_rss_mb"):
+            side[f"{key}_ratio"] = side[f"median_{key}"] / baseline[f"median_{key}"]
+    return out, rerun
+
+
+def dataset_70k(folder: Path) -> str:
+    """A .npz of 60,000 training and 10,000 test images (the sample repeated)."""
+    sample = load_sample()
+    path = folder / "sample-70k.npz"
+    np.savez(
+        path,
+        x_train=np.resize(sample.x_train, (60_000, 28, 28)),
+        y_train=np.resize(sample.y_train, 60_000),
+        x_test=np.resize(sample.x_test, (10_000, 28, 28)),
+        y_test=np.resize(sample.y_test, 10_000),
     )
-    for key in ("peak_rss_mb", "peak_tree_rss_mb"):
-        out[f"{key}_ratio"] = (
-            out["pipeline"][f"median_{key}"] / out["baseline"][f"median_{key}"]
-        )
-    return out
+    return str(path)
+
+
+def cached_rerun(
+    folder: Path, env: dict[str, str], api: str, data: str = "sample", epochs: int = 10
+) -> dict:
+    """The same run twice: the second should find the data stages cached."""
+    folder.mkdir(parents=True)
+    runs = []
+    for label in ("first", "second"):
+        log(f"re-run on {Path(data).name}: {label} of two identical runs")
+        command = pipeline_command(folder / "work", 0, data=data, epochs=epochs)
+        runs.append(run(command, env=env, cwd=folder))
+        log(f"  {runs[-1].wall_s:.1f} s")
+    flow_runs = _api(api, "flow_runs/filter", {"sort": "START_TIME_ASC"})
+    first, second = (_flow_timings(api, flow) for flow in flow_runs[-2:])
+    return {
+        "data": Path(data).name,
+        "epochs": epochs,
+        "first": first | _summary(runs[:1]),
+        "second": second | _summary(runs[1:]),
+        "saved_before_training_s": first["before_training_s"]
+        - second["before_training_s"],
+        "saved_wall_s": runs[0].wall_s - runs[1].wall_s,
+    }
 
 
 def _summary(runs: list[Measured]) -> dict:
@@ -335,33 +400,7 @@ def validation(plan: Plan) -> dict:
     return out
 
 
-# -- 4. re-run with a running Prefect server ------------------------------------------
-
-
-def rerun(folder: Path) -> dict:
-    """The same run twice against a running server: the second hits the cache."""
-    folder.mkdir(parents=True)
-    home = folder / "prefect-home"
-    with prefect_server(home) as api:
-        env = clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home))
-        # A user's second run: the MLflow database and the flow already exist.
-        log("pipeline with a running server: warm-up run (another workdir)")
-        run(pipeline_command(folder / "work-warm-up", 1), env=env, cwd=folder)
-        runs = []
-        for label in ("first", "second"):
-            log(f"pipeline with a running server: {label} identical run")
-            runs.append(run(pipeline_command(folder / "work", 0), env=env, cwd=folder))
-            log(f"  {runs[-1].wall_s:.1f} s")
-        flow_runs = _api(api, "flow_runs/filter", {"sort": "START_TIME_ASC"})
-        details = [_flow_timings(api, flow) for flow in flow_runs[-2:]]
-    first, second = details
-    return {
-        "first": details[0] | _summary(runs[:1]),
-        "second": details[1] | _summary(runs[1:]),
-        "saved_before_training_s": first["before_training_s"]
-        - second["before_training_s"],
-        "saved_wall_s": runs[0].wall_s - runs[1].wall_s,
-    }
+# -- Prefect server and API ------------------------------------------------------
 
 
 def _flow_timings(api: str, flow: dict) -> dict:
