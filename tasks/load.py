@@ -15,11 +15,15 @@ from mnist_pipeline.data import (
     source_fingerprint,
     stratified_subset,
 )
+from mnist_pipeline.errors import DataLoadError
 from tasks.caching import StageCache
 
 
 def _key(inputs: Mapping[str, Any]) -> dict[str, Any] | None:
-    source = source_fingerprint(inputs["source"], sha256=inputs["sha256"])
+    try:
+        source = source_fingerprint(inputs["source"], sha256=inputs["sha256"])
+    except (OSError, DataLoadError):  # unreadable: the stage itself reports it
+        return None
     if source is None:  # "auto" without a cached MNIST: depends on the network
         return None
     limits = ("train_limit", "test_limit", "seed", "workdir")
