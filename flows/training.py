@@ -15,6 +15,7 @@ from mnist_pipeline import gate, tracking
 from mnist_pipeline.checkpoint import training_key
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.runtime import hide_expected_tracebacks
+from tasks.caching import cache_storage
 from tasks.evaluate import evaluate
 from tasks.gate import apply_decision, gate_candidate
 from tasks.load import load_data
@@ -54,7 +55,9 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
     ) as run_id:
         log_params(run_id, config.model_dump())
 
-        data = load_data(
+        # Data stages persist their results here; a re-run on the same data skips them.
+        cache = cache_storage(config.workdir)
+        data = load_data.with_options(result_storage=cache)(
             config.data,
             config.workdir,
             origin=config.mnist_origin,
@@ -65,9 +68,11 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
             seed=config.seed,
         )
         log_dataset(run_id, data)
-        validate_data(data, config.min_class_share)
-        data_plots = plot_data(data, config.workdir, config.seed)
-        prepared = preprocess_data(
+        validate_data.with_options(result_storage=cache)(data, config.min_class_share)
+        data_plots = plot_data.with_options(result_storage=cache)(
+            data, config.workdir, config.seed
+        )
+        prepared = preprocess_data.with_options(result_storage=cache)(
             data, config.validation_split, config.seed, config.workdir
         )
 

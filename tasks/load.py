@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from mnist_pipeline.data import (
     DatasetRef,
     load_dataset,
     save_dataset,
+    source_fingerprint,
     stratified_subset,
 )
+from mnist_pipeline.errors import DataLoadError
+from tasks.caching import StageCache
 
 
-@task(name="load", cache_policy=NO_CACHE)
+def _key(inputs: Mapping[str, Any]) -> dict[str, Any] | None:
+    try:
+        source = source_fingerprint(inputs["source"], sha256=inputs["sha256"])
+    except (OSError, DataLoadError):  # unreadable: the stage itself reports it
+        return None
+    if source is None:  # "auto" without a cached MNIST: depends on the network
+        return None
+    limits = ("train_limit", "test_limit", "seed", "workdir")
+    return {"source": source} | {name: inputs.get(name) for name in limits}
+
+
+@task(
+    name="load",
+    cache_policy=StageCache(
+        parts=_key, code=("mnist_pipeline.data",), outputs=lambda ref: [ref.path]
+    ),
+)
 def load_data(
     source: str,
     workdir: str,

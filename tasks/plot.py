@@ -5,13 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from mnist_pipeline import plots
 from mnist_pipeline.data import DatasetRef, open_dataset
+from tasks.caching import StageCache
 
 
-@task(name="plot", cache_policy=NO_CACHE)
+@task(
+    name="plot",
+    cache_policy=StageCache(
+        parts=lambda inputs: {
+            "digest": inputs["ref"].digest,
+            "seed": inputs["seed"],
+            "workdir": inputs["workdir"],
+        },
+        code=("mnist_pipeline.plots",),
+        outputs=lambda paths: paths,
+    ),
+)
 def plot_data(ref: DatasetRef, workdir: str, seed: int) -> list[str]:
     """Write the data plots as PNGs and return their paths."""
     data = open_dataset(ref)

@@ -5,13 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.preprocess import preprocess
+from tasks.caching import StageCache
 
 
-@task(name="preprocess", cache_policy=NO_CACHE)
+@task(
+    name="preprocess",
+    cache_policy=StageCache(
+        parts=lambda inputs: {
+            "digest": inputs["ref"].digest,
+            "validation_split": inputs["validation_split"],
+            "seed": inputs["seed"],
+            "workdir": inputs["workdir"],
+        },
+        code=("mnist_pipeline.preprocess",),
+        outputs=lambda path: [path],
+    ),
+)
 def preprocess_data(
     ref: DatasetRef, validation_split: float, seed: int, workdir: str
 ) -> str:

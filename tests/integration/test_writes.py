@@ -27,6 +27,7 @@ def test_run_writes_only_to_configured_folders(tmp_path, monkeypatch, prefect_ap
     assert sorted(p.name for p in store.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
     assert sorted(p.name for p in cwd.iterdir()) == ["mlruns"]  # MLflow's artifact root
     assert sorted(p.name for p in work.iterdir()) == [
+        "cache",
         "checkpoints",
         "datasets",
         "models",

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.server
 import logging
+import os
 import struct
 import threading
 from pathlib import Path
@@ -271,3 +272,33 @@ def test_stratified_subset_keeps_every_class(tiny_dataset):
     assert set(subset.y_train.tolist()) == set(range(10))
     assert set(subset.y_test.tolist()) == set(range(10))
     assert subset.name == "tiny-subset20+10"
+
+
+def test_source_fingerprint_follows_file_content_not_its_timestamps(npz_file):
+    first = data.source_fingerprint(str(npz_file), sha256="unused")
+    stat = npz_file.stat()
+    npz_file.write_bytes(npz_file.read_bytes())  # same bytes, new mtime
+    assert data.source_fingerprint(str(npz_file), sha256="unused") == first
+    changed = bytearray(npz_file.read_bytes())
+    changed[-30] ^= 1  # one bit, same size, and the old mtime restored
+    npz_file.write_bytes(bytes(changed))
+    os.utime(npz_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert data.source_fingerprint(str(npz_file), sha256="unused") != first
+
+
+def test_source_fingerprint_of_an_idx_folder_covers_every_file(tmp_path, tiny_dataset):
+    folder = write_idx_folder(tmp_path / "idx", tiny_dataset, gz=False)
+    first = data.source_fingerprint(str(folder), sha256="unused")
+    write_idx(folder / "t10k-labels-idx1-ubyte", tiny_dataset.y_test[::-1])
+    assert data.source_fingerprint(str(folder), sha256="unused") != first
+
+
+def test_source_fingerprint_of_named_sources(tmp_path):
+    sha = hashlib.sha256(b"mnist").hexdigest()
+    assert data.source_fingerprint("mnist", sha256=sha) == f"mnist:{sha}"
+    assert data.source_fingerprint("sample", sha256=sha).startswith("sample:")
+    # auto: pinned only when the cache holds the expected file; else unknown.
+    assert data.source_fingerprint("auto", sha256=sha, cache_dir=tmp_path) is None
+    (tmp_path / "mnist.npz").write_bytes(b"mnist")
+    cached = data.source_fingerprint("auto", sha256=sha, cache_dir=tmp_path)
+    assert cached == f"mnist:{sha}"

@@ -8,7 +8,7 @@ import numpy as np
 
 from mnist_pipeline.model import build_model
 from mnist_pipeline.preprocess import preprocess
-from mnist_pipeline.train import EpochLogger, train_model
+from mnist_pipeline.train import EpochLogger, shuffled_batches, train_model
 
 
 def test_architecture_matches_the_notebook():
@@ -68,3 +68,34 @@ def test_filters_and_dropout_are_parameters_with_the_notebooks_defaults():
     assert varied.get_layer("conv2").filters == 4
     assert varied.get_layer("dropout").rate == 0.25
     assert varied.layers[-1].output.shape[1:] == (10,)
+
+
+def epochs_of(dataset, steps: int) -> list[np.ndarray]:
+    """The labels each epoch of ``dataset`` yields, one array per epoch."""
+    labels = [y.numpy() for _, y in dataset]
+    return [np.concatenate(labels[i : i + steps]) for i in range(0, len(labels), steps)]
+
+
+def test_shuffled_batches_show_every_image_once_per_epoch_in_a_new_order():
+    images = np.arange(10 * 4, dtype=np.float32).reshape(10, 2, 2)
+    labels = np.arange(10)
+    dataset = shuffled_batches(images, labels, batch_size=4, epochs=3, seed=1)
+    sizes = [len(y) for _, y in dataset]
+    assert sizes == [4, 4, 2] * 3
+    first, second, third = epochs_of(dataset, steps=3)
+    for epoch in (first, second, third):
+        assert sorted(epoch) == list(range(10))
+    assert not np.array_equal(first, second)
+    x, y = next(iter(dataset))
+    np.testing.assert_array_equal(x.numpy(), images[y.numpy()])  # pairs kept
+
+
+def test_shuffled_batches_are_seeded():
+    images, labels = np.zeros((50, 1), np.float32), np.arange(50)
+
+    def order(seed: int) -> list[np.ndarray]:
+        batches = shuffled_batches(images, labels, batch_size=10, epochs=2, seed=seed)
+        return epochs_of(batches, steps=5)
+
+    np.testing.assert_array_equal(order(3), order(3))
+    assert not np.array_equal(order(3), order(4))

@@ -8,11 +8,20 @@ from matplotlib.image import imread
 from mnist_pipeline import plots
 
 
+def drawn_pixels(ax) -> int:
+    """Pixels of the tiles drawn on a mosaic axes (the gaps between are blank)."""
+    return int(np.ma.count(ax.images[0].get_array()))
+
+
 def test_samples_grid_has_five_per_class(tiny_dataset, tmp_path):
     figure = plots.plot_samples(tiny_dataset.x_train, tiny_dataset.y_train, seed=0)
-    with_images = [ax for ax in figure.axes if ax.images]
-    assert len(with_images) == 50
-    assert [ax.get_ylabel() for ax in figure.axes[::5]] == [str(c) for c in range(10)]
+    (ax,) = figure.axes
+    assert drawn_pixels(ax) == 50 * 28 * 28
+    assert [t.get_text() for t in ax.texts] == [str(c) for c in range(10)]
+    # Row r shows class r: its images carry that class's bar at rows 2+2r..4+2r.
+    canvas = ax.images[0].get_array()
+    brightest = [np.argmax(band) for band in np.ma.mean(canvas, axis=1).reshape(10, -1)]
+    assert all(2 + 2 * c <= row <= 4 + 2 * c for c, row in enumerate(brightest))
     png = imread(plots.save_figure(figure, tmp_path / "samples.png"))
     assert png.shape[0] > png.shape[1] > 300  # tall grid, readable size
     assert png[..., :3].std() > 0.1  # not blank
@@ -46,8 +55,10 @@ def test_misclassified_shows_most_confident_mistakes_first(tiny_dataset):
     y_pred = np.array([0, 7, 5, 3])
     confidence = np.array([0.9, 0.6, 0.95, 0.8])
     figure = plots.plot_misclassified(tiny_dataset.x_test, y_true, y_pred, confidence)
-    titles = [ax.get_title() for ax in figure.axes if ax.images]
+    (ax,) = figure.axes
+    titles = [text.get_text() for text in ax.texts]
     assert titles == ["true 2 → 5\n(95%)", "true 1 → 7\n(60%)"]
+    assert drawn_pixels(ax) == 2 * 28 * 28
 
 
 def test_misclassified_with_no_mistakes_says_so(tiny_dataset):
@@ -69,9 +80,15 @@ def test_training_curves_plot_train_and_validation():
     assert list(accuracy_ax.lines[1].get_ydata()) == [0.4, 0.7]
 
 
-def test_feature_maps_one_panel_per_channel():
+def test_feature_maps_one_panel_per_channel(tmp_path):
     maps = np.random.default_rng(0).random((24, 24, 30))
-    figure = plots.plot_feature_maps(np.zeros((28, 28, 1)), maps, "conv1")
-    assert len([ax for ax in figure.axes if ax.images]) == 31  # input + 30 maps
-    figure = plots.plot_feature_maps(np.zeros((28, 28, 1)), maps[..., :15], "conv2")
-    assert len([ax for ax in figure.axes if ax.images]) == 16
+    for channels in (30, 15):
+        figure = plots.plot_feature_maps(
+            np.zeros((28, 28, 1)), maps[..., :channels], "conv"
+        )
+        source, grid = figure.axes
+        assert source.get_title() == "input" and source.images
+        assert drawn_pixels(grid) == channels * 24 * 24
+        assert [t.get_text() for t in grid.texts] == [str(c) for c in range(channels)]
+        png = imread(plots.save_figure(figure, tmp_path / f"maps{channels}.png"))
+        assert png.shape[1] > 800  # every panel big enough to see

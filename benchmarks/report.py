@@ -1,0 +1,121 @@
+"""The markdown table of a benchmark run's results."""
+
+from __future__ import annotations
+
+import statistics
+
+
+def markdown(results: dict) -> str:
+    """Headline table, then what ran where."""
+    machine, plan = results["machine"], results["plan"]
+    rows = [
+        "| Benchmark | Pipeline | Baseline | Pipeline vs baseline |",
+        "|---|---:|---:|---:|",
+        *_throughput_rows(results["throughput"]),
+        *_end_to_end_rows(results["end_to_end"]),
+        *_validation_rows(results["validation"]),
+        *_rerun_rows(results["rerun"]),
+    ]
+    packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
+    load = "/".join(f"{x:.1f}" for x in machine["load_average_start"][:1])
+    load_end = "/".join(f"{x:.1f}" for x in machine["load_average_end"][:1])
+    notes = [
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; Python "
+        f"{machine['python']}; {packages}.",
+        f"Date: {machine['date']}; commit {machine['commit']}; {plan['name']} run "
+        f"({results['minutes']:.0f} min). 1-minute load average {load} at the start "
+        f"and {load_end} at the end (the machine is shared: compare ratios only).",
+        f"Throughput data: {results['throughput']['data']}; "
+        f"{results['throughput']['epochs_per_run']} epochs per run, "
+        f"{plan['throughput_runs']} run(s) per side.",
+    ]
+    return "\n".join(rows) + "\n\n" + "\n\n".join(notes) + "\n"
+
+
+def _throughput_rows(result: dict) -> list[str]:
+    sides = result["sides"]
+    pipeline = sides["pipeline"]["median_images_per_s"]
+    baseline = sides["baseline"]["median_images_per_s"]
+    paired = ", ".join(f"{r:.2f}" for r in result["paired_ratios"])
+    rows = [
+        f"| Training throughput, images/s (median over runs of the median epoch "
+        f"after the first) | {pipeline:,.0f} | {baseline:,.0f} | "
+        f"**{result['ratio']:.2f}×** (per pair: {paired}) |"
+    ]
+    if "baseline_tf_settings" in sides:
+        control = sides["baseline_tf_settings"]["median_images_per_s"]
+        settings = ", ".join(
+            f"`{k}={v}`" for k, v in result["tensorflow_settings"].items()
+        )
+        rows.append(
+            f"| ↳ control: the baseline script with the pipeline's TensorFlow settings "
+            f"({settings}) | | {control:,.0f} | {pipeline / control:.2f}× |"
+        )
+    return rows
+
+
+def _end_to_end_rows(result: dict) -> list[str]:
+    pipeline, running = result["pipeline"], result["pipeline_running_server"]
+    baseline = result["baseline"]
+    seeds = ", ".join(map(str, result["seeds"]))
+    accuracy = [statistics.mean(s["test_accuracy"]) for s in (pipeline, baseline)]
+    first = result["first_run_in_new_folder"]
+    return [
+        f"| Test accuracy on the sample's 1,000 test images (mean of seeds {seeds}) "
+        f"| {accuracy[0]:.4f} | {accuracy[1]:.4f} | "
+        f"{100 * (accuracy[0] - accuracy[1]):+.2f} points |",
+        f"| End to end on the sample, wall s: `mnist-pipeline train --data sample` "
+        f"(Prefect's temporary server) vs the script's load, scale, fit, evaluate "
+        f"| {pipeline['median_wall_s']:.1f} | {baseline['median_wall_s']:.1f} "
+        f"| **{pipeline['overhead_s']:+.1f} s** |",
+        f"| ↳ the same with a running Prefect server (`PREFECT_API_URL`) "
+        f"| {running['median_wall_s']:.1f} | {baseline['median_wall_s']:.1f} "
+        f"| **{running['overhead_s']:+.1f} s** |",
+        f"| ↳ first pipeline run in a new folder (creates the MLflow and Prefect "
+        f"databases; temporary server) | {first['median_wall_s']:.1f} | | |",
+        f"| Peak RSS, MB, largest process (temporary server) "
+        f"| {pipeline['median_peak_rss_mb']:,.0f} | "
+        f"{baseline['median_peak_rss_mb']:,.0f} | "
+        f"**{pipeline['peak_rss_mb_ratio']:.2f}×** |",
+        f"| ↳ whole process tree, the temporary Prefect server included "
+        f"| {pipeline['median_peak_tree_rss_mb']:,.0f} | "
+        f"{baseline['median_peak_tree_rss_mb']:,.0f} | "
+        f"{pipeline['peak_tree_rss_mb_ratio']:.2f}× |",
+        f"| ↳ largest process, with a running Prefect server "
+        f"| {running['median_peak_rss_mb']:,.0f} | "
+        f"{baseline['median_peak_rss_mb']:,.0f} | "
+        f"{running['peak_rss_mb_ratio']:.2f}× |",
+    ]
+
+
+def _validation_rows(result: dict) -> list[str]:
+    pipeline, numpy = result["pipeline"], result["numpy"]
+    return [
+        f"| Validation of 70,000 images, s (pipeline stage vs plain numpy asserts) "
+        f"| {pipeline['median_seconds']:.3f} | {numpy['median_seconds']:.3f} | "
+        f"{pipeline['median_seconds'] - numpy['median_seconds']:+.3f} s |",
+        f"| Validation of 70,000 images, extra memory, MB "
+        f"| {pipeline['median_extra_mb']:.1f} | {numpy['median_extra_mb']:.1f} | |",
+    ]
+
+
+def _rerun_rows(results: dict) -> list[str]:
+    rows = []
+    for result in results.values():
+        first, second = result["first"], result["second"]
+        states = ", ".join(
+            f"{stage} {second['stages'][stage]['state']}" for stage in second["stages"]
+        )
+        stage_seconds = sum(s["run_time_s"] for s in first["stages"].values())
+        rows += [
+            f"| Re-run of an identical run ({result['data']}, {result['epochs']} "
+            f"epoch(s), running Prefect server): flow start to training start, s "
+            f"(second run: {states}) | {first['before_training_s']:.1f} → "
+            f"{second['before_training_s']:.1f} | | "
+            f"**{result['saved_before_training_s']:.1f} s saved** |",
+            f"| ↳ the four data stages' run time in the first run, s; whole run, "
+            f"wall s (first → second) | {stage_seconds:.1f}; "
+            f"{first['median_wall_s']:.1f} → {second['median_wall_s']:.1f} | | "
+            f"{result['saved_wall_s']:+.1f} s |",
+        ]
+    return rows
