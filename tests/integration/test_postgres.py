@@ -1,4 +1,4 @@
-"""MLflow on PostgreSQL, as in docs/production.md: a real server, a real database.
+"""MLflow on PostgreSQL, as README.md documents: a real server, a real database.
 
 The module starts PostgreSQL (Debian's binaries) on a free loopback port with
 its data in a temporary folder, and ``mlflow server`` on it with proxied
