@@ -20,7 +20,7 @@ from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel
 
 from mnist_pipeline import gate, tracking
-from mnist_pipeline.config import SweepConfig, TrainConfig, TrialParams
+from mnist_pipeline.config import SweepConfig, TrialParams
 from mnist_pipeline.runtime import hide_expected_tracebacks
 from mnist_pipeline.sweep import TrialResult, best_trial, max_concurrency
 from tasks.evaluate import evaluate
@@ -113,7 +113,7 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
             version,
             trained,
             data,
-            _thresholds(training, data.name),
+            gate.thresholds_for(training, data.name),
             training.seed,
         )
         promoted = apply_decision(
@@ -239,19 +239,6 @@ def _sweep_params(config: SweepConfig) -> dict[str, object]:
         "trials": len(config.grid.trials()),
     }
     return shared | grid | cluster
-
-
-def _thresholds(config: TrainConfig, dataset_name: str) -> gate.Thresholds:
-    # The same thresholds as mnist-training's (flows/training.py).
-    floor = config.min_accuracy
-    return gate.Thresholds(
-        min_accuracy=gate.default_min_accuracy(dataset_name)
-        if floor is None
-        else floor,
-        max_accuracy_drop=config.max_accuracy_drop,
-        max_recall_drop=config.max_recall_drop,
-        min_robust_accuracy=config.min_robust_accuracy,
-    )
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
             version,
             trained,
             data,
-            _thresholds(config, data.name),
+            gate.thresholds_for(config, data.name),
             config.seed,
         )
         promoted = apply_decision(
@@ -127,18 +127,6 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
         promoted=promoted,
         gate_reasons=decision.reasons,
         run_url=url,
-    )
-
-
-def _thresholds(config: TrainConfig, dataset_name: str) -> gate.Thresholds:
-    floor = config.min_accuracy
-    return gate.Thresholds(
-        min_accuracy=gate.default_min_accuracy(dataset_name)
-        if floor is None
-        else floor,
-        max_accuracy_drop=config.max_accuracy_drop,
-        max_recall_drop=config.max_recall_drop,
-        min_robust_accuracy=config.min_robust_accuracy,
     )
 
 

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from mnist_pipeline.config import TrainConfig
+
 #: Accuracy floors by dataset: the notebook's settings score 0.956-0.977 on the
 #: 4,000-image sample and about 0.99 on full MNIST.
 SAMPLE_MIN_ACCURACY = 0.94
@@ -77,6 +79,17 @@ def default_min_accuracy(dataset_name: str) -> float:
         SAMPLE_MIN_ACCURACY
         if dataset_name.startswith("mnist-sample")
         else FULL_MIN_ACCURACY
+    )
+
+
+def thresholds_for(config: TrainConfig, dataset_name: str) -> Thresholds:
+    """The gate's thresholds from a training config, the floor by dataset if unset."""
+    floor = config.min_accuracy
+    return Thresholds(
+        min_accuracy=default_min_accuracy(dataset_name) if floor is None else floor,
+        max_accuracy_drop=config.max_accuracy_drop,
+        max_recall_drop=config.max_recall_drop,
+        min_robust_accuracy=config.min_robust_accuracy,
     )
 
 
