@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from mnist_pipeline import tracking
 from mnist_pipeline.config import PredictConfig
-from mnist_pipeline.runtime import hide_expected_tracebacks
+from mnist_pipeline.runtime import configure_flow_logs
 from tasks.predict import log_predictions, predict_images
 from tasks.track import log_params
 
@@ -26,7 +26,7 @@ class PredictionResult(BaseModel):
 @flow(name="mnist-predict", log_prints=True)
 def mnist_predict(config: PredictConfig) -> PredictionResult:
     """Predict every image of ``config.input`` with ``config.model_uri`` into a CSV."""
-    hide_expected_tracebacks()
+    configure_flow_logs()
     client = tracking.connect()
     experiment_id = tracking.ensure_experiment(client, config.experiment)
     model_name, version = tracking.resolve_model_uri(client, config.model_uri)

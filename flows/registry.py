@@ -7,13 +7,13 @@ from prefect import flow, get_run_logger
 from mnist_pipeline import tracking
 from mnist_pipeline.config import RegistryConfig
 from mnist_pipeline.errors import RegistryError
-from mnist_pipeline.runtime import hide_expected_tracebacks
+from mnist_pipeline.runtime import configure_flow_logs
 
 
 @flow(name="mnist-promote")
 def promote_model(config: RegistryConfig) -> str | None:
     """Make ``config.version`` the ``@champion``; return the version it replaced."""
-    hide_expected_tracebacks()
+    configure_flow_logs()
     if config.version is None:
         raise RegistryError("Promote needs a version (--version N).")
     client = tracking.connect()
@@ -31,7 +31,7 @@ def promote_model(config: RegistryConfig) -> str | None:
 @flow(name="mnist-rollback")
 def rollback_model(config: RegistryConfig) -> tuple[str, str]:
     """Move ``@champion`` back to the version the current champion replaced."""
-    hide_expected_tracebacks()
+    configure_flow_logs()
     client = tracking.connect()
     current, previous = tracking.rollback_champion(
         client, config.model_name, by="operator"

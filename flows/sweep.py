@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from mnist_pipeline import gate, tracking
 from mnist_pipeline.config import SweepConfig, TrialParams
-from mnist_pipeline.runtime import hide_expected_tracebacks
+from mnist_pipeline.runtime import configure_flow_logs
 from mnist_pipeline.sweep import TrialResult, best_trial, max_concurrency
 from tasks.evaluate import evaluate
 from tasks.gate import apply_decision, gate_candidate
@@ -58,7 +58,7 @@ class SweepResult(BaseModel):
 @flow(name="mnist-sweep", log_prints=True)
 def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
     """Train every grid combination in parallel; gate and register the best one."""
-    hide_expected_tracebacks()
+    configure_flow_logs()
     training = config.training
     workdir = os.path.abspath(training.workdir)  # trials run in other processes
     client = tracking.connect()

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from mnist_pipeline import gate, tracking
 from mnist_pipeline.checkpoint import training_key
 from mnist_pipeline.config import TrainConfig
-from mnist_pipeline.runtime import hide_expected_tracebacks
+from mnist_pipeline.runtime import configure_flow_logs
 from tasks.caching import cache_storage
 from tasks.evaluate import evaluate
 from tasks.gate import apply_decision, gate_candidate
@@ -43,7 +43,7 @@ class TrainingResult(BaseModel):
 @flow(name="mnist-training", log_prints=True)
 def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
     """Train the LeNet-style CNN on MNIST, track it in MLflow, register the model."""
-    hide_expected_tracebacks()
+    configure_flow_logs()
     client = tracking.connect()
     experiment_id = tracking.ensure_experiment(client, config.experiment)
     tags = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -119,16 +120,16 @@ def train(
         min_robust_accuracy=min_robust_accuracy,
     )
     _check(check_source, data)
-    report = _start()
+    launch = _start()
     from flows.training import mnist_training
 
-    result = _run(mnist_training, config=config)
+    result = launch.run(mnist_training, config=config)
     verdict = (
         "promoted to @champion"
         if result.promoted
         else "kept as @challenger (" + "; ".join(result.gate_reasons) + ")"
     )
-    report(
+    launch.report(
         f"Test accuracy: {result.test_accuracy:.4f}",
         f"Promotion gate: {verdict}",
         f"MLflow run id: {result.run_id}",
@@ -237,10 +238,10 @@ def sweep(
     _check(check_source, data)
     if dask_address:
         _check(check_scheduler, dask_address)
-    report = _start()
+    launch = _start()
     from flows.sweep import mnist_sweep
 
-    result = _run(mnist_sweep, config=config)
+    result = launch.run(mnist_sweep, config=config)
     failed = sum(t.status == "FAILED" for t in result.trials)
     best = next(t for t in result.trials if t.index == result.best_trial)
     verdict = (
@@ -248,7 +249,7 @@ def sweep(
         if result.promoted
         else "kept as @challenger (" + "; ".join(result.gate_reasons) + ")"
     )
-    report(
+    launch.report(
         format_table(trial_rows(result.trials, result.best_trial), TABLE_COLUMNS),
         f"Trials: {len(result.trials) - failed} finished, {failed} failed; "
         f"at most {result.max_concurrent_trials} ran at once",
@@ -342,12 +343,12 @@ def predict(
         experiment=experiment,
     )
     _check(check_input, input_path)
-    report = _start()
+    launch = _start()
     from flows.predict import mnist_predict
 
-    result = _run(mnist_predict, config=config)
+    result = launch.run(mnist_predict, config=config)
     version = result.model_version or "unregistered"
-    report(
+    launch.report(
         f"Predicted {result.images} image(s) with {result.model_uri} (v{version})",
         f"MLflow run id: {result.run_id}",
         f"Predictions: {result.output}",
@@ -368,11 +369,11 @@ def promote(
     config = _build(
         RegistryConfig, model_name=model_name, version=version, reason=reason
     )
-    report = _start()
+    launch = _start()
     from flows.registry import promote_model
 
-    previous = _run(promote_model, config=config)
-    report(f"{model_name} @champion: version {previous} -> version {version}")
+    previous = launch.run(promote_model, config=config)
+    launch.report(f"{model_name} @champion: version {previous} -> version {version}")
 
 
 @app.command()
@@ -383,17 +384,66 @@ def rollback(
 ) -> None:
     """Move @champion back to the version the current champion replaced."""
     config = _build(RegistryConfig, model_name=model_name)
-    report = _start()
+    launch = _start()
     from flows.registry import rollback_model
 
-    current, previous = _run(rollback_model, config=config)
-    report(f"{model_name} @champion: version {current} -> version {previous}")
+    current, previous = launch.run(rollback_model, config=config)
+    launch.report(f"{model_name} @champion: version {current} -> version {previous}")
 
 
-def _start() -> Callable[..., None]:
-    """Configure the process for a flow run; return the final-lines printer."""
-    configure_environment()
-    return _final_report()
+class _Launch:
+    """A flow run's process set-up: the final-lines printer and the flow call."""
+
+    def __init__(self) -> None:
+        configure_environment()
+        self.report = _final_report()
+        self._server = _start_temporary_server()
+
+    def run(self, flow, **parameters):
+        """Run a flow; turn input and environment errors into one paragraph."""
+        if self._server is not None:
+            self._server.join()
+        try:
+            return flow(**parameters)
+        except PipelineError as exc:
+            _fail(str(exc))
+
+
+def _start() -> _Launch:
+    """Configure the process for a flow run (call before importing a flow)."""
+    return _Launch()
+
+
+def _start_temporary_server() -> threading.Thread | None:
+    """Start Prefect's temporary server while the flow's modules import.
+
+    Without ``PREFECT_API_URL`` Prefect starts a temporary server at the flow's
+    first API call, after the flow's modules (TensorFlow, MLflow) have imported:
+    on 2 cores the two took about 15 s and 10 s one after the other. Started
+    here, the server boots in its own process meanwhile. The same instance
+    serves the flow (Prefect keeps one per process); if this start fails, the
+    flow's first API call starts it again and reports why.
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return None
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.server.api.server import SubprocessASGIServer
+
+    ensure_logging_setup()  # its "Starting temporary server" line is logged
+    server = SubprocessASGIServer()
+
+    def start() -> None:
+        try:
+            server.start()
+        except Exception:  # noqa: BLE001 - the flow's own start reports it
+            pass
+
+    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    thread.start()
+    return thread
 
 
 def _final_report() -> Callable[..., None]:
@@ -430,14 +480,6 @@ def _build(model: type, **values: object):
 def _check(check: Callable[..., None], *args: object) -> None:
     try:
         check(*args)
-    except PipelineError as exc:
-        _fail(str(exc))
-
-
-def _run(flow, **parameters):
-    """Run a flow; turn input and environment errors into one paragraph."""
-    try:
-        return flow(**parameters)
     except PipelineError as exc:
         _fail(str(exc))
 

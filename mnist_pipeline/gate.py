@@ -163,13 +163,17 @@ def decide(
                 "no_accuracy_regression",
                 candidate.accuracy,
                 champion.accuracy - thresholds.max_accuracy_drop,
-                f"test accuracy vs champion's {champion.accuracy:.4f}",
+                "test accuracy",
+                f"champion's {champion.accuracy:.4f} - allowed drop "
+                f"{thresholds.max_accuracy_drop:.4f}",
             ),
             _at_least(
                 "no_recall_regression",
                 candidate.min_class_recall,
                 champion.min_class_recall - thresholds.max_recall_drop,
-                f"worst class recall vs champion's {champion.min_class_recall:.4f}",
+                "worst class recall",
+                f"champion's {champion.min_class_recall:.4f} - allowed drop "
+                f"{thresholds.max_recall_drop:.4f}",
             ),
         ]
     figures = {
@@ -186,13 +190,16 @@ def decide(
     )
 
 
-def _at_least(name: str, value: float, threshold: float, what: str) -> Check:
+def _at_least(
+    name: str, value: float, threshold: float, what: str, basis: str = ""
+) -> Check:
     passed = value >= threshold - 1e-12
     relation = ">=" if passed else "<"
+    detail = f"{what} {value:.4f} {relation} required {threshold:.4f}"
     return Check(
         name=name,
         passed=passed,
         value=float(value),
         threshold=float(threshold),
-        detail=f"{what} {value:.4f} {relation} required {threshold:.4f}",
+        detail=f"{detail} ({basis})" if basis else detail,
     )

@@ -48,12 +48,29 @@ class _HideExpectedTracebacks(logging.Filter):
         return True
 
 
-_FILTER = _HideExpectedTracebacks()
+class _DropRetracingNotice(logging.Filter):
+    """Drops TensorFlow's "excessive retracing" notice.
+
+    A training run holds several models at once on purpose (the trained one, the
+    registered candidate loaded back through MLflow, the champion); each one's
+    first ``predict`` traces its own function, which TensorFlow counts as
+    retracing of one function and warns about after five.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
 
 
-def hide_expected_tracebacks() -> None:
-    """Make Prefect log bad input as one line, keeping tracebacks for real bugs."""
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
+_FILTERS = {
+    "prefect.flow_runs": _HideExpectedTracebacks(),
+    "prefect.task_runs": _HideExpectedTracebacks(),
+    "tensorflow": _DropRetracingNotice(),
+}
+
+
+def configure_flow_logs() -> None:
+    """Log bad input as one line (tracebacks stay for bugs); drop known noise."""
+    for name, log_filter in _FILTERS.items():
         logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
+        if log_filter not in logger.filters:
+            logger.addFilter(log_filter)

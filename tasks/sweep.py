@@ -18,7 +18,7 @@ from mnist_pipeline import tracking
 from mnist_pipeline.config import TrialParams
 from mnist_pipeline.errors import SweepError
 from mnist_pipeline.preprocess import PreparedData
-from mnist_pipeline.runtime import hide_expected_tracebacks
+from mnist_pipeline.runtime import configure_flow_logs
 from mnist_pipeline.sweep import TrialResult, check_trial, max_concurrency, trial_rows
 from mnist_pipeline.train import EpochLogger, train_model
 from tasks.track import MLFLOW_RETRY
@@ -48,7 +48,7 @@ def train_trial(
     workdir: str,
 ) -> TrialResult:
     """Train one combination in a nested MLflow run; save the model in ``workdir``."""
-    hide_expected_tracebacks()  # in this worker process too
+    configure_flow_logs()  # in this worker process too
     logger = get_run_logger()
     worker = f"{socket.gethostname()}:{os.getpid()}"
     client = tracking.connect(tracking_uri)

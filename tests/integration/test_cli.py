@@ -27,6 +27,10 @@ def test_default_entry_point_trains_and_ends_with_the_result(tmp_path):
     assert result.returncode == 0, output
     assert "Traceback" not in output
     assert "| ERROR" not in output and " ERROR " not in output
+    # One temporary server, started while the flow's modules imported, serves
+    # the whole run: the flow's own API calls found it up.
+    assert output.count("Starting temporary server") == 1
+    assert "retracing" not in output
     verdict, *last = result.stdout.strip().splitlines()[-3:]
     assert verdict.startswith("Promotion gate: kept as @challenger (test accuracy")
     assert last[0].startswith("MLflow run id: ")

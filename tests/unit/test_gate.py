@@ -64,7 +64,10 @@ def test_worse_candidate_is_rejected_with_the_compared_figures():
     assert not decision.promote
     assert names_failed(decision) == ["no_accuracy_regression"]
     (reason,) = decision.reasons
-    assert "0.9650 < required 0.9680" in reason and "0.9700" in reason
+    assert reason == (
+        "test accuracy 0.9650 < required 0.9680 "
+        "(champion's 0.9700 - allowed drop 0.0020)"
+    )
 
 
 def test_worst_class_recall_regression_is_rejected():
