@@ -7,6 +7,7 @@ process environment is configured, so ``--help`` is instant.
 from __future__ import annotations
 
 import atexit
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -396,6 +397,7 @@ class _Launch:
 
     def __init__(self) -> None:
         configure_environment()
+        _exit_cleanly_on_sigterm()
         self.report = _final_report()
         self._server = _start_temporary_server()
 
@@ -412,6 +414,22 @@ class _Launch:
 def _start() -> _Launch:
     """Configure the process for a flow run (call before importing a flow)."""
     return _Launch()
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a container stop) exit through the exit hooks.
+
+    Python's default SIGTERM action ends the process at once, skipping them, and
+    so left Prefect's temporary server running after the command was gone.
+    Prefect's flow engine turns SIGTERM into a crash of the flow run, then
+    re-sends the signal to the handler found here: the process then exits with
+    the conventional code 143, after stopping the server.
+    """
+
+    def exit_143(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_143)
 
 
 def _start_temporary_server() -> threading.Thread | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +91,48 @@ def test_killed_training_resumes_from_the_last_epoch(
     history = client.get_metric_history(finished.info.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
     assert not list((tmp_path / "outputs").glob("checkpoints/*/backup"))
+
+
+def test_sigterm_stops_the_run_and_its_temporary_prefect_server(mlflow_store, tmp_path):
+    # No PREFECT_API_URL: the command runs its own temporary Prefect server.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))
+    } | {"MLFLOW_TRACKING_URI": mlflow_store}
+    command = [sys.executable, "-m", "mnist_pipeline.cli", *RESUMABLE]
+    log_path = tmp_path / "terminated.log"
+    with log_path.open("w") as log:
+        victim = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 400
+            while _epochs_backed_up(tmp_path / "outputs") < 1:
+                assert victim.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "training never reached epoch 1"
+                time.sleep(0.2)
+            victim.send_signal(signal.SIGTERM)  # as `kill` or a container stop
+            returncode = victim.wait(timeout=120)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+    output = log_path.read_text()
+    assert returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "aborted by a termination signal" in output
+    # The exit hooks ran: the temporary server was stopped, not orphaned.
+    (start,) = [line for line in output.splitlines() if "Starting temporary" in line]
+    port = int(start.rsplit(":", 1)[1])
+    assert "Stopping temporary server" in output
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "server still answers"
+    client = tracking.connect(mlflow_store)
+    experiment = client.get_experiment_by_name("mnist")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "KILLED"
 
 
 def test_unreachable_tracking_server_fails_fast_and_writes_nothing(
