@@ -30,46 +30,30 @@ SIDES = {"notebook": 1, "notebook+steps_per_execution=16": 16}
 
 
 def _trial(steps_per_execution: int, epochs: int, seed: int, repeat_to: int) -> dict:
-    import keras
     import numpy as np
 
-    from benchmarks.timing import EpochTimer
+    from benchmarks.baseline import fit_notebook
     from mnist_pipeline.data import load_sample
-    from mnist_pipeline.model import build_model
 
     sample = load_sample()
     x, y = sample.x_train, sample.y_train
     if repeat_to:
         reps = -(-repeat_to // len(x))
         x, y = np.tile(x, (reps, 1, 1))[:repeat_to], np.tile(y, reps)[:repeat_to]
-    x = x.reshape(-1, 28, 28, 1).astype("float32") / 255
-    x_test = sample.x_test.reshape(-1, 28, 28, 1).astype("float32") / 255
-    y = keras.utils.to_categorical(y, 10)
-    y_test = keras.utils.to_categorical(sample.y_test, 10)
-
-    keras.utils.set_random_seed(seed)
-    model = build_model((28, 28, 1), 10)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=0.01),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=steps_per_execution,
-    )
-    timer = EpochTimer()
-    model.fit(
+    result = fit_notebook(
         x,
         y,
-        batch_size=400,
+        sample.x_test,
+        sample.y_test,
         epochs=epochs,
-        validation_split=0.1,
+        seed=seed,
+        steps_per_execution=steps_per_execution,
         verbose=0,
-        callbacks=[timer],
     )
-    _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    images = -(-len(x) * 9 // 10)
+    images = result["train_images"]
     return {
-        "images_per_second": [images / s for s in timer.seconds[1:]],
-        "test_accuracy": float(accuracy),
+        "images_per_second": [images / s for s in result["epoch_seconds"][1:]],
+        "test_accuracy": result["test_accuracy"],
     }
 
 
