@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.data import Dataset
+
+from .servers import clean_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,10 +28,7 @@ def prefect_api_url() -> str:
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout=600):
     """Run ``mnist-pipeline`` as a user would, in its own process."""
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))
-    }
-    environment.update(env or {})
+    environment = clean_environment(**(env or {}))
     command = [sys.executable, "-m", "mnist_pipeline.cli", *args]
     return subprocess.run(
         command,
@@ -83,10 +80,3 @@ def trained_registry(tmp_path_factory) -> Registry:
         )
     tracking.move_champion(client, "mnist-cnn", "1", by="test", reason="fixture")
     return Registry(uri=uri, root=root, sample=sample, accuracy=accuracy)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on at 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

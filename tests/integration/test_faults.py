@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from mnist_pipeline import tracking
 
-from .conftest import free_port, run_cli
+from .conftest import run_cli
+from .servers import clean_environment, free_port
 
 RESUMABLE = [
     "train",
@@ -45,6 +47,32 @@ def _epochs_backed_up(workdir: Path) -> int:
     return max(epochs)
 
 
+def _start_training(
+    cwd: Path, env: dict[str, str], log: IO[str], *, new_session: bool = False
+) -> subprocess.Popen:
+    """``mnist-pipeline`` with the RESUMABLE arguments, its output in ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnist_pipeline.cli", *RESUMABLE],
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=new_session,
+    )
+
+
+def _wait_for_epoch(
+    victim: subprocess.Popen, cwd: Path, epoch: int, log_path: Path
+) -> None:
+    """Return once training in ``cwd`` has backed up ``epoch`` epochs."""
+    deadline = time.monotonic() + 400
+    while _epochs_backed_up(cwd / "outputs") < epoch:
+        assert victim.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, f"training never reached epoch {epoch}"
+        time.sleep(0.2)
+
+
 def test_killed_training_resumes_from_the_last_epoch(
     mlflow_store, tmp_path, prefect_api_url
 ):
@@ -52,27 +80,14 @@ def test_killed_training_resumes_from_the_last_epoch(
         "MLFLOW_TRACKING_URI": mlflow_store,
         "PREFECT_API_URL": prefect_api_url,
     }
-    command = [sys.executable, "-m", "mnist_pipeline.cli", *RESUMABLE]
-    log = (tmp_path / "killed.log").open("w")
-    victim = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 400
-        while _epochs_backed_up(tmp_path / "outputs") < 2:
-            assert victim.poll() is None, (tmp_path / "killed.log").read_text()
-            assert time.monotonic() < deadline, "training never reached epoch 2"
-            time.sleep(0.2)
-    finally:
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait(timeout=60)
-        log.close()
+    log_path = tmp_path / "killed.log"
+    with log_path.open("w") as log:
+        victim = _start_training(tmp_path, env, log, new_session=True)
+        try:
+            _wait_for_epoch(victim, tmp_path, 2, log_path)
+        finally:
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait(timeout=60)
     done = _epochs_backed_up(tmp_path / "outputs")
     assert 2 <= done < 5
 
@@ -95,26 +110,12 @@ def test_killed_training_resumes_from_the_last_epoch(
 
 def test_sigterm_stops_the_run_and_its_temporary_prefect_server(mlflow_store, tmp_path):
     # No PREFECT_API_URL: the command runs its own temporary Prefect server.
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))
-    } | {"MLFLOW_TRACKING_URI": mlflow_store}
-    command = [sys.executable, "-m", "mnist_pipeline.cli", *RESUMABLE]
+    env = clean_environment(MLFLOW_TRACKING_URI=mlflow_store)
     log_path = tmp_path / "terminated.log"
     with log_path.open("w") as log:
-        victim = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        victim = _start_training(tmp_path, env, log)
         try:
-            deadline = time.monotonic() + 400
-            while _epochs_backed_up(tmp_path / "outputs") < 1:
-                assert victim.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "training never reached epoch 1"
-                time.sleep(0.2)
+            _wait_for_epoch(victim, tmp_path, 1, log_path)
             victim.send_signal(signal.SIGTERM)  # as `kill` or a container stop
             returncode = victim.wait(timeout=120)
         finally:
@@ -171,9 +172,7 @@ def test_two_runs_at_once_share_one_registry(tmp_path):
         "--min-robust-accuracy",
         "0",
     ]
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))
-    } | env
+    environment = clean_environment(**env)
     command = [sys.executable, "-m", "mnist_pipeline.cli", *args]
     processes = [
         subprocess.Popen(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port
+from .servers import free_port
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
