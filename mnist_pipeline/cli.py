@@ -121,7 +121,7 @@ def train(
         min_robust_accuracy=min_robust_accuracy,
     )
     _check(check_source, data)
-    launch = _start()
+    launch = _Launch()
     from flows.training import mnist_training
 
     result = launch.run(mnist_training, config=config)
@@ -239,7 +239,7 @@ def sweep(
     _check(check_source, data)
     if dask_address:
         _check(check_scheduler, dask_address)
-    launch = _start()
+    launch = _Launch()
     from flows.sweep import mnist_sweep
 
     result = launch.run(mnist_sweep, config=config)
@@ -344,7 +344,7 @@ def predict(
         experiment=experiment,
     )
     _check(check_input, input_path)
-    launch = _start()
+    launch = _Launch()
     from flows.predict import mnist_predict
 
     result = launch.run(mnist_predict, config=config)
@@ -370,7 +370,7 @@ def promote(
     config = _build(
         RegistryConfig, model_name=model_name, version=version, reason=reason
     )
-    launch = _start()
+    launch = _Launch()
     from flows.registry import promote_model
 
     previous = launch.run(promote_model, config=config)
@@ -385,7 +385,7 @@ def rollback(
 ) -> None:
     """Move @champion back to the version the current champion replaced."""
     config = _build(RegistryConfig, model_name=model_name)
-    launch = _start()
+    launch = _Launch()
     from flows.registry import rollback_model
 
     current, previous = launch.run(rollback_model, config=config)
@@ -393,7 +393,11 @@ def rollback(
 
 
 class _Launch:
-    """A flow run's process set-up: the final-lines printer and the flow call."""
+    """A flow run's process set-up: the final-lines printer and the flow call.
+
+    Create it before importing a flow: the environment defaults must be set
+    before Prefect and TensorFlow load.
+    """
 
     def __init__(self) -> None:
         configure_environment()
@@ -409,11 +413,6 @@ class _Launch:
             return flow(**parameters)
         except PipelineError as exc:
             _fail(str(exc))
-
-
-def _start() -> _Launch:
-    """Configure the process for a flow run (call before importing a flow)."""
-    return _Launch()
 
 
 def _exit_cleanly_on_sigterm() -> None:
