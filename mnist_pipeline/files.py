@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -26,3 +28,18 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def database_lock(database: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<database>.lock`` for the ``with`` block.
+
+    SQLite stores migrate their schema on first use; two processes doing so on
+    one new file fail ("duplicate column name", "index … already exists"). Every
+    process that creates or migrates the file does it under this lock. It is an
+    advisory ``flock``: released when the block ends or the process dies.
+    """
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

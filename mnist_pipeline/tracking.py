@@ -6,7 +6,6 @@ it is correct from any thread (MLflow's fluent "active run" is thread-local).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
@@ -39,6 +38,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.errors import RegistryError, TrackingUnavailableError
+from mnist_pipeline.files import database_lock
 from mnist_pipeline.redact import redact_text, redact_url
 from mnist_pipeline.serving import as_model_input
 
@@ -80,10 +80,7 @@ def _initialise_sqlite(uri: str) -> None:
     """
     if not uri.startswith("sqlite:///"):
         return
-    database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{database}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with database_lock(Path(uri.removeprefix("sqlite:///"))):
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 

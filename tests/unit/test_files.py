@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from mnist_pipeline.files import atomic_write
+from mnist_pipeline.files import atomic_write, database_lock
 from mnist_pipeline.preprocess import PreparedData, preprocess
 
 
@@ -69,3 +69,25 @@ def test_two_runs_preparing_the_same_data_read_complete_arrays(tmp_path, tiny_da
     for data in loaded:
         np.testing.assert_array_equal(data.x_train, prepared.x_train)
         np.testing.assert_array_equal(data.y_test, prepared.y_test)
+
+
+def test_database_lock_lets_one_holder_in_at_a_time(tmp_path):
+    database = tmp_path / "new" / "prefect.db"
+    events: list[str] = []
+    held = threading.Event()
+
+    def second() -> None:
+        held.wait()
+        with database_lock(database):
+            events.append("second in")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with database_lock(database):
+        held.set()
+        thread.join(timeout=0.5)
+        assert thread.is_alive()  # waiting for the first holder
+        events.append("first out")
+    thread.join(timeout=5)
+    assert events == ["first out", "second in"]
+    assert (tmp_path / "new" / "prefect.db.lock").exists()
