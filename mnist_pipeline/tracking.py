@@ -31,6 +31,7 @@ from mlflow.entities import (
     RunStatus,
     RunTag,
 )
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
@@ -290,12 +291,21 @@ def log_model(
 ) -> tuple[str, str]:
     """Log the model as a pyfunc and register a new version of ``model_name``.
 
+    Idempotent per run: when a version of ``model_name`` from ``run_id`` exists
+    already (a retry after the server committed but its answer was lost), that
+    version is tagged and returned instead of registering a duplicate.
+
     Returns:
-        The logged model's URI and the new registered version.
+        The logged model's URI and the registered version.
     """
     import mnist_pipeline
     from mnist_pipeline import serving_model
 
+    registry = MlflowClient()
+    earlier = registered_version(registry, model_name, run_id)
+    if earlier is not None:
+        _set_version_tags(registry, model_name, earlier.version, tags)
+        return earlier.source, str(earlier.version)
     info = mlflow.models.Model.log(
         artifact_path=None,
         name=MODEL_ARTIFACT,
@@ -311,10 +321,25 @@ def log_model(
         tags=dict(tags),
     )
     version = str(info.registered_model_version)
-    registry = MlflowClient()
-    for key, value in tags.items():
-        registry.set_model_version_tag(model_name, version, key, value)
+    _set_version_tags(registry, model_name, version, tags)
     return info.model_uri, version
+
+
+def registered_version(
+    client: MlflowClient, model_name: str, run_id: str
+) -> ModelVersion | None:
+    """The version of ``model_name`` registered from ``run_id``, if any."""
+    # run ids are hex; filtering names in Python spares quoting them.
+    found = client.search_model_versions(f"run_id = '{run_id}'")
+    mine = [v for v in found if v.name == model_name]
+    return min(mine, key=lambda v: int(v.version)) if mine else None
+
+
+def _set_version_tags(
+    client: MlflowClient, model_name: str, version: str, tags: Mapping[str, str]
+) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
 
 
 def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None:

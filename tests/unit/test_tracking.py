@@ -78,6 +78,26 @@ def test_logged_model_is_registered_and_predicts_like_keras(run_id, tmp_path):
     assert uri.startswith("models:/")
 
 
+def test_registering_again_from_one_run_returns_its_version(run_id, tmp_path):
+    # A retry after the server committed the version but its answer was lost.
+    keras_path = tmp_path / "model.keras"
+    build_model().save(keras_path)
+    example = np.zeros((1, 28, 28), dtype=np.uint8)
+    first = tracking.log_model(run_id, keras_path, "retried", example, {"try": "1"})
+    again = tracking.log_model(run_id, keras_path, "retried", example, {"try": "2"})
+    assert again == first
+    registry = tracking.client()
+    (only,) = registry.search_model_versions("name = 'retried'")
+    assert (str(only.version), only.tags["try"]) == ("1", "2")
+    assert mlflow.pyfunc.load_model(again[0]).metadata.signature is not None
+    # Another run registers a version of its own.
+    other = registry.create_run(registry.get_run(run_id).info.experiment_id)
+    _, version = tracking.log_model(
+        other.info.run_id, keras_path, "retried", example, {}
+    )
+    assert version == "2"
+
+
 def test_trial_runs_nest_under_their_parent(run_id):
     client = tracking.client()
     experiment = client.get_run(run_id).info.experiment_id
