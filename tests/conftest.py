@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,12 @@ from mnist_pipeline.runtime import configure_environment
 def pytest_configure(config: pytest.Config) -> None:
     """Entry points set these before Prefect, MLflow or TensorFlow load; so do tests."""
     configure_environment()
+    # Tests press Ctrl+C (SIGINT) on the processes they start, as at a terminal.
+    # A shell starts background jobs with SIGINT ignored and children inherit
+    # that: `mnist-pipeline serve` then never saw the key. With Python's own
+    # handler here, children start with the default action.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
