@@ -26,7 +26,7 @@ from mnist_pipeline.config import (
 )
 from mnist_pipeline.data import check_source
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import database_lock
+from mnist_pipeline.files import database_lock, sqlite_file
 from mnist_pipeline.predict import check_input
 from mnist_pipeline.runtime import configure_environment
 from mnist_pipeline.sweep import check_scheduler, format_table, load_grid, trial_rows
@@ -453,7 +453,8 @@ def _start_temporary_server() -> threading.Thread | None:
 
     ensure_logging_setup()  # its "Starting temporary server" line is logged
     server = SubprocessASGIServer()
-    database = _sqlite_database(settings.server.database.connection_url)
+    url = settings.server.database.connection_url
+    database = sqlite_file(url.get_secret_value() if url else "")
 
     # Each temporary server migrates a SQLite database as it starts: two runs
     # starting together on a new one (two schedules firing at once) raced, and
@@ -470,16 +471,6 @@ def _start_temporary_server() -> threading.Thread | None:
     thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
     thread.start()
     return thread
-
-
-def _sqlite_database(url: object) -> Path | None:
-    """The file of a SQLite Prefect database URL (a ``SecretStr``), else None."""
-    value = url.get_secret_value() if hasattr(url, "get_secret_value") else url
-    prefix = "sqlite+aiosqlite:///"
-    if not isinstance(value, str) or not value.startswith(prefix):
-        return None
-    path = value.removeprefix(prefix).split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
 
 
 def _final_report() -> Callable[..., None]:

@@ -43,3 +43,26 @@ def database_lock(database: Path) -> Iterator[None]:
     with open(f"{database}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite SQLAlchemy URL (any driver), else None.
+
+    ``sqlite:///mlflow.db`` gives ``mlflow.db``; ``sqlite+aiosqlite:////h/p.db``
+    gives ``/h/p.db``; in-memory databases, other backends and strings that are
+    not SQLAlchemy URLs give None.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (
+        None,
+        "",
+        ":memory:",
+    ):
+        return None
+    return Path(parsed.database)

@@ -39,7 +39,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.errors import RegistryError, TrackingUnavailableError
-from mnist_pipeline.files import database_lock
+from mnist_pipeline.files import database_lock, sqlite_file
 from mnist_pipeline.redact import redact_text, redact_url
 from mnist_pipeline.serving import as_model_input
 
@@ -79,9 +79,10 @@ def _initialise_sqlite(uri: str) -> None:
     ``mlflow.db`` would both migrate it ("duplicate column name"). A lock file
     beside the database serialises that first use.
     """
-    if not uri.startswith("sqlite:///"):
+    database = sqlite_file(uri)
+    if database is None:
         return
-    with database_lock(Path(uri.removeprefix("sqlite:///"))):
+    with database_lock(database):
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 

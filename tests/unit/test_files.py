@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mnist_pipeline.files import atomic_write, database_lock
+from mnist_pipeline.files import atomic_write, database_lock, sqlite_file
 from mnist_pipeline.preprocess import PreparedData, preprocess
 
 
@@ -91,3 +92,22 @@ def test_database_lock_lets_one_holder_in_at_a_time(tmp_path):
     thread.join(timeout=5)
     assert events == ["first out", "second in"]
     assert (tmp_path / "new" / "prefect.db.lock").exists()
+
+
+def test_sqlite_file_of_mlflow_and_prefect_urls(tmp_path, monkeypatch):
+    from prefect.settings import Settings
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    prefect_default = Settings().server.database.connection_url.get_secret_value()
+    assert sqlite_file(prefect_default) == tmp_path / "prefect.db"
+    assert sqlite_file("sqlite:///mlflow.db") == Path("mlflow.db")
+    assert sqlite_file("sqlite:////abs/m.db?timeout=30") == Path("/abs/m.db")
+    for other in (
+        "sqlite+aiosqlite:///:memory:",
+        "sqlite://",
+        "postgresql+asyncpg://u:pw@127.0.0.1/prefect",
+        "http://127.0.0.1:5000",
+        "databricks",
+        "",
+    ):
+        assert sqlite_file(other) is None, other

@@ -61,19 +61,3 @@ def test_configuring_twice_adds_each_filter_once():
     configure_flow_logs()
     filters = logging.getLogger("tensorflow").filters
     assert len([f for f in filters if type(f).__name__ == "_DropRetracingNotice"]) == 1
-
-
-def test_temporary_server_lock_sits_beside_prefects_sqlite_database(
-    tmp_path, monkeypatch
-):
-    from prefect.settings import Settings
-    from pydantic import SecretStr
-
-    from mnist_pipeline.cli import _sqlite_database
-
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
-    url = Settings().server.database.connection_url  # Prefect's own default
-    assert _sqlite_database(url) == tmp_path / "prefect.db"
-    postgres = SecretStr("postgresql+asyncpg://u:pw@127.0.0.1/prefect")
-    assert _sqlite_database(postgres) is None
-    assert _sqlite_database(SecretStr("sqlite+aiosqlite:///:memory:")) is None
