@@ -213,7 +213,7 @@ def _describe(cases: pd.DataFrame, frame: pd.DataFrame, split: str) -> list[str]
     for check, group in cases.groupby("check", sort=False):
         if frame.index.name == "class":
             detail = "class " + ", ".join(str(i) for i in group["index"])
-        elif len(frame) == 1:
+        elif "n_images" in frame.columns:  # the one-row split table
             detail = _split_detail(str(check), frame.iloc[0])
         else:
             shown = [

@@ -109,3 +109,13 @@ def test_validation_of_70k_images_uses_compact_tables(tiny_dataset):
     big = Dataset(x, y, x[:10000], y[:10000], name="big", source="tiled")
     report = validate_dataset(big)
     assert report.counts == {"train": 72000, "test": 10000}
+
+
+def test_a_one_image_split_with_a_bad_pixel_and_label_is_reported(tiny_dataset):
+    # One test image: the per-image and per-label tables have one row each,
+    # like the split table; each failure is still named as such.
+    image = np.full((1, 28, 28), 300.0)
+    dataset = with_arrays(tiny_dataset, x_test=image, y_test=np.array([12]))
+    failures = failures_of(dataset, min_class_share=0.0)
+    assert "test: pixels <= 255: 1 of 1 failed, e.g. 300 at #0" in failures
+    assert "test: labels within 0..9: 1 of 1 failed, e.g. 12 at #0" in failures
