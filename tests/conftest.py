@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import signal
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -20,6 +24,21 @@ def pytest_configure(config: pytest.Config) -> None:
     # handler here, children start with the default action.
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def loopback_server(
+    handler: type[http.server.BaseHTTPRequestHandler],
+) -> Iterator[str]:
+    """Serve ``handler`` on a free 127.0.0.1 port; yield its base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
 import logging
 import os
 import struct
-import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,6 +31,8 @@ from mnist_pipeline.data import (
     stratified_subset,
 )
 from mnist_pipeline.errors import DataLoadError
+
+from ..conftest import loopback_server
 
 UNREACHABLE = "http://127.0.0.1:9/mnist.npz"  # discard port: connection refused
 
@@ -162,41 +166,31 @@ def test_corrupted_gzip_is_reported(tmp_path, tiny_dataset):
         read_idx(path, expected_rank=3)
 
 
-class _Server:
-    """Serves one file over HTTP on 127.0.0.1, counting requests."""
+@contextlib.contextmanager
+def _serving(root: Path) -> Iterator[SimpleNamespace]:
+    """Serve the files of ``root`` on 127.0.0.1, counting requests."""
+    counter = SimpleNamespace(requests=0, url="")
 
-    def __init__(self, root: Path) -> None:
-        self.requests = 0
-        outer = self
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
 
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(root), **kwargs)
+        def do_GET(self):
+            counter.requests += 1
+            super().do_GET()
 
-            def do_GET(self):
-                outer.requests += 1
-                super().do_GET()
+        def log_message(self, *args):
+            pass
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    with loopback_server(Handler) as url:
+        counter.url = url
+        yield counter
 
 
 def test_mnist_downloads_once_then_uses_the_keras_cache(tmp_path, npz_file):
     sha = hashlib.sha256(npz_file.read_bytes()).hexdigest()
     cache = tmp_path / "cache"
-    with _Server(npz_file.parent) as server:
+    with _serving(npz_file.parent) as server:
         origin = f"{server.url}/{npz_file.name}"
         first = load_dataset("mnist", origin=origin, sha256=sha, cache_dir=cache)
         second = load_dataset("mnist", origin=origin, sha256=sha, cache_dir=cache)
@@ -213,7 +207,7 @@ def test_default_cache_is_keras_home(tmp_path, monkeypatch):
 
 def test_download_with_wrong_hash_is_rejected_and_not_cached(tmp_path, npz_file):
     cache = tmp_path / "cache"
-    with _Server(npz_file.parent) as server:
+    with _serving(npz_file.parent) as server:
         origin = f"{server.url}/{npz_file.name}"
         with pytest.raises(DataLoadError, match="does not match"):
             fetch_mnist(origin, "0" * 64, cache, timeout=5, attempts=1)
@@ -225,6 +219,25 @@ def test_download_retries_then_names_the_url(tmp_path, monkeypatch):
     with pytest.raises(DataLoadError, match="after 3 attempt") as info:
         fetch_mnist(UNREACHABLE, "0" * 64, tmp_path, timeout=2)
     assert UNREACHABLE in str(info.value)
+
+
+def test_a_download_cut_mid_file_is_one_error_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.time, "sleep", lambda seconds: None)
+
+    class Truncating(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # promises 1 MB, sends 10 bytes, hangs up
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            self.wfile.write(b"0123456789")
+
+        def log_message(self, *args):
+            pass
+
+    with loopback_server(Truncating) as url:
+        with pytest.raises(DataLoadError, match="after 2 attempt.*IncompleteRead"):
+            fetch_mnist(f"{url}/mnist.npz", "0" * 64, tmp_path, timeout=5, attempts=2)
+    assert not any(tmp_path.iterdir())  # no partial file left behind
 
 
 def test_auto_falls_back_to_the_sample_with_one_warning(tmp_path, caplog):
@@ -272,6 +285,14 @@ def test_stratified_subset_keeps_every_class(tiny_dataset):
     assert set(subset.y_train.tolist()) == set(range(10))
     assert set(subset.y_test.tolist()) == set(range(10))
     assert subset.name == "tiny-subset20+10"
+
+
+def test_every_seed_is_tested_on_the_same_test_subset(tiny_dataset):
+    first = stratified_subset(tiny_dataset, train_limit=20, test_limit=10, seed=0)
+    other = stratified_subset(tiny_dataset, train_limit=20, test_limit=10, seed=7)
+    np.testing.assert_array_equal(first.x_test, other.x_test)
+    np.testing.assert_array_equal(first.y_test, other.y_test)
+    assert not np.array_equal(first.x_train, other.x_train)
 
 
 def test_source_fingerprint_follows_file_content_not_its_timestamps(npz_file):
