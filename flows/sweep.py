@@ -19,12 +19,17 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel
 
-from mnist_pipeline import gate, tracking
-from mnist_pipeline.config import SweepConfig, TrialParams
+from mnist_pipeline import gate, registry, tracking
+from mnist_pipeline.checkpoint import training_claim
+from mnist_pipeline.config import SweepConfig, TrainConfig, TrialParams
+from mnist_pipeline.data import DatasetRef
+from mnist_pipeline.lineage import code_version, training_key
 from mnist_pipeline.runtime import configure_flow_logs
 from mnist_pipeline.sweep import TrialResult, best_trial, max_concurrency
+from tasks.caching import cache_storage, cached
 from tasks.evaluate import evaluate
-from tasks.gate import apply_decision, gate_candidate
+from tasks.gate import run_gate, settle_existing
+from tasks.lineage import flow_run_tags, run_name, version_tags
 from tasks.load import load_data
 from tasks.preprocess import preprocess_data
 from tasks.report import publish_summary
@@ -34,45 +39,68 @@ from tasks.sweep import (
     record_trials,
     train_trial,
 )
-from tasks.track import log_dataset, log_params, log_results, register_model
+from tasks.track import (
+    SWEEP_KEY_TAG,
+    TRAINING_KEY_TAG,
+    ExistingVersion,
+    find_training,
+    log_dataset,
+    log_params,
+    log_results,
+    register_model,
+)
 from tasks.train import TrainedModel
 from tasks.validate import validate_data
 
+ENTRYPOINT = "flows/sweep.py:mnist_sweep"
+
 
 class SweepResult(BaseModel):
-    """What a sweep produced: every trial, and the best one's fate."""
+    """What a sweep produced: every trial, and the best one's fate.
+
+    ``skipped``: the same sweep registered its best trial before; no trial ran,
+    and ``version`` is the one it registered then.
+    """
 
     run_id: str
     experiment_id: str
     trials: list[TrialResult]
     max_concurrent_trials: int
-    best_trial: int
-    best_run_id: str
+    best_trial: int | None
+    best_run_id: str | None
     model_name: str
     version: str
     test_accuracy: float
     promoted: bool
+    verdict: str
     gate_reasons: list[str] = []
+    skipped: bool = False
 
 
-@flow(name="mnist-sweep", log_prints=True)
+def _run_name() -> str:
+    config = SweepConfig.model_validate(flow_run.get_parameters().get("config", {}))
+    details = f"{len(config.grid.trials())}trials-seed{config.training.seed}"
+    return run_name("sweep", config.training.data, details)
+
+
+@flow(name="mnist-sweep", flow_run_name=_run_name, log_prints=True)
 def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
-    """Train every grid combination in parallel; gate and register the best one."""
+    """Train every grid combination in parallel; gate and register the best one.
+
+    A sweep whose grid, shared settings, data and code version match one that
+    registered its best trial already trains nothing (unless ``retrain``).
+    """
     configure_flow_logs()
     training = config.training
     workdir = os.path.abspath(training.workdir)  # trials run in other processes
     client = tracking.connect()
     experiment_id = tracking.ensure_experiment(client, training.experiment)
-    tags = {
-        "prefect.flow_run_id": str(flow_run.get_id()),
-        "prefect.flow_run_name": str(flow_run.get_name()),
-        "sweep.parent": "true",
-    }
-    with tracking.tracked_run(
-        client, experiment_id, flow_run.get_name(), tags
-    ) as run_id:
-        log_params(run_id, _sweep_params(config))
-        data = load_data(
+    lineage = flow_run_tags(ENTRYPOINT) | {"sweep.parent": "true"}
+    cache = cache_storage(workdir)
+    with tracking.recorded_run(
+        client, experiment_id, flow_run.get_name(), lineage
+    ) as run:
+        data = cached(load_data, cache)(
             training.data,
             workdir,
             origin=training.mnist_origin,
@@ -82,49 +110,67 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
             test_limit=training.test_limit,
             seed=training.seed,
         )
-        log_dataset(run_id, data)
-        validate_data(data, training.min_class_share)
-        prepared = preprocess_data(
-            data, training.validation_split, training.seed, workdir
-        )
+        sweep_key = training_key(_sweep_identity(config), data.digest)
+        with training_claim(workdir, sweep_key):
+            if not training.retrain:
+                existing = find_training(training.model_name, sweep_key, SWEEP_KEY_TAG)
+                if existing is not None:
+                    return _already_swept(
+                        training, data, existing, sweep_key, experiment_id
+                    )
 
-        trials = run_trials.with_options(task_runner=_task_runner(config))(
-            config.grid.trials(),
-            prepared_path=prepared,
-            seed=training.seed,
-            tracking_uri=tracking.portable_uri(client.tracking_uri),
-            experiment_id=experiment_id,
-            parent_run_id=run_id,
-            workdir=workdir,
-        )
-        finished = any(t.status == "FINISHED" for t in trials)
-        record_trials(run_id, trials, best_trial(trials).index if finished else None)
-        best = best_trial(trials)  # fails the sweep, naming every failure, if none
+            run_id = run.open()
+            log_params(run_id, _sweep_params(config) | {SWEEP_KEY_TAG: sweep_key})
+            log_dataset(run_id, data)
+            cached(validate_data, cache)(data, training.min_class_share)
+            prepared = cached(preprocess_data, cache)(
+                data, training.validation_split, training.seed, workdir
+            )
 
-        trained = TrainedModel(path=best.model_path, history=best.history)
-        evaluation = evaluate(trained, prepared)
-        log_results(best.run_id, evaluation, [])
-        accuracy = evaluation.metrics["test_accuracy"]
-        version = register_model(
-            best.run_id, trained, data, training.model_name, accuracy
-        )
-        decision, champion = gate_candidate(
-            training.model_name,
-            version,
-            trained,
-            data,
-            gate.thresholds_for(training, data.name),
-            training.seed,
-        )
-        promoted = apply_decision(
-            best.run_id, training.model_name, version, decision, champion
-        )
-        verdict = (
-            "promoted to @champion"
-            if promoted
-            else "rejected: " + "; ".join(decision.reasons)
-        )
-        record_outcome(run_id, accuracy, version, verdict)
+            trials = run_trials.with_options(task_runner=_task_runner(config))(
+                config.grid.trials(),
+                prepared_path=prepared,
+                seed=training.seed,
+                tracking_uri=tracking.portable_uri(client.tracking_uri),
+                experiment_id=experiment_id,
+                parent_run_id=run_id,
+                workdir=workdir,
+            )
+            finished = any(t.status == "FINISHED" for t in trials)
+            record_trials(
+                run_id, trials, best_trial(trials).index if finished else None
+            )
+            best = best_trial(trials)  # fails the sweep, naming every failure, if none
+
+            trained = TrainedModel(path=best.model_path, history=best.history)
+            evaluation = evaluate(trained, prepared)
+            log_results(best.run_id, evaluation, [])
+            scores = evaluation.scores()
+            key = training_key(
+                best.params.training_params(training.validation_split, training.seed),
+                data.digest,
+            )
+            version = register_model(
+                best.run_id,
+                trained,
+                data,
+                training.model_name,
+                scores,
+                {SWEEP_KEY_TAG: sweep_key, TRAINING_KEY_TAG: key}
+                | version_tags(lineage),
+            )
+            outcome = run_gate(
+                run_id=best.run_id,
+                model_name=training.model_name,
+                version=version,
+                keras_path=trained.path,
+                ref=data,
+                candidate=scores,
+                thresholds=gate.thresholds_for(training, data.name),
+                seed=training.seed,
+                timeout=training.promotion_timeout,
+            )
+        record_outcome(run_id, scores.accuracy, version, outcome.verdict)
         publish_summary(
             metrics=evaluation.metrics,
             per_class=evaluation.per_class,
@@ -132,9 +178,12 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
             digest=data.digest,
             model_name=training.model_name,
             version=version,
+            version_url=registry.version_url(client, training.model_name, version),
             run_id=best.run_id,
             run_url=tracking.run_url(client, experiment_id, best.run_id),
-            gate=verdict,
+            gate=outcome.verdict,
+            training_key=key,
+            code_version=code_version(),
         )
     return SweepResult(
         run_id=run_id,
@@ -145,9 +194,10 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
         best_run_id=best.run_id,
         model_name=training.model_name,
         version=version,
-        test_accuracy=accuracy,
-        promoted=promoted,
-        gate_reasons=decision.reasons,
+        test_accuracy=scores.accuracy,
+        promoted=outcome.decision.promote,
+        verdict=outcome.verdict,
+        gate_reasons=outcome.decision.reasons,
     )
 
 
@@ -222,6 +272,49 @@ def _task_runner(config: SweepConfig) -> DaskTaskRunner:
             },
         }
     )
+
+
+def _already_swept(
+    training: TrainConfig,
+    data: DatasetRef,
+    existing: ExistingVersion,
+    sweep_key: str,
+    experiment_id: str,
+) -> SweepResult:
+    """Report the version this same sweep registered; finish its gate if needed."""
+    verdict, promoted, _ = settle_existing(
+        existing,
+        config=training,
+        ref=data,
+        key=sweep_key,
+        experiment_id=experiment_id,
+        keras_path=lambda: str(
+            tracking.download_keras_model(training.model_name, existing.version)
+        ),
+    )
+    return SweepResult(
+        run_id=existing.run_id or "",
+        experiment_id=experiment_id,
+        trials=[],
+        max_concurrent_trials=0,
+        best_trial=None,
+        best_run_id=existing.run_id,
+        model_name=training.model_name,
+        version=existing.version,
+        test_accuracy=float(existing.tags.get("test_accuracy", "nan")),
+        promoted=promoted,
+        verdict=verdict,
+        skipped=True,
+    )
+
+
+def _sweep_identity(config: SweepConfig) -> dict[str, object]:
+    """What decides a sweep's outcome, beside the data and the code version."""
+    return {
+        "grid": config.grid.model_dump(mode="json"),
+        "validation_split": config.training.validation_split,
+        "seed": config.training.seed,
+    }
 
 
 def _sweep_params(config: SweepConfig) -> dict[str, object]:

@@ -1,40 +1,84 @@
-"""Resumable training: a per-configuration checkpoint folder that survives a kill.
+"""Resumable training: a per-training checkpoint folder that survives a kill.
 
 Keras's ``BackupAndRestore`` keeps the model, optimizer and epoch; an epoch
-history file beside it keeps the metrics of finished epochs, so a rerun of the
-same command continues from the last completed epoch with complete curves.
-An advisory lock keeps two concurrent runs of one configuration from sharing it.
+history file beside it keeps the metrics of finished epochs. A rerun of the same
+training (same key: data, settings and code version) continues from the last
+completed epoch, on the batches the uninterrupted fit would have seen from
+there (``train.shuffled_batches`` orders each epoch by its number alone), with
+complete curves. An advisory lock keeps two concurrent runs of one training from
+sharing the folder.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
+import logging
+import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import keras
 
-from mnist_pipeline.files import atomic_write
+from mnist_pipeline.files import atomic_write, exclusive_lock
+
+log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
 OWNER_FILE = "run.json"
+RNG_FILE = "rng.json"
+BACKUP_FOLDER = "backup"
+#: What ``BackupAndRestore`` writes beside its weights: the next epoch to run.
+BACKUP_METADATA = "training_metadata.json"
 
 
-def training_key(params: Mapping[str, object], dataset_digest: str) -> str:
-    """Identify a training setup: same key, same checkpoint folder."""
-    blob = json.dumps({"params": dict(params), "data": dataset_digest}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+@contextmanager
+def training_claim(workdir: Path, key: str) -> Iterator[None]:
+    """One run at a time per training in this work folder.
+
+    Held from the registry look-up until the version is registered, so an
+    identical run started meanwhile (a manual run beside the nightly) waits,
+    then finds the version and trains nothing.
+    """
+    path = Path(workdir) / "checkpoints" / f"{key}.claim"
+    with exclusive_lock(
+        path,
+        timeout=math.inf,
+        on_wait=lambda: log.info(
+            "Another run is training this same configuration (%s); waiting for it.",
+            key,
+        ),
+    ):
+        yield
+
+
+@dataclass
+class Resume:
+    """Where a fit starts, what it continues, and the callbacks that keep it so.
+
+    ``callbacks`` go first in ``fit``'s list, in this order.
+    """
+
+    initial_epoch: int
+    interrupted_run: str | None
+    previous: list[dict[str, float]]
+    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
+
+    @property
+    def resumed(self) -> bool:
+        """Whether earlier epochs came from a checkpoint."""
+        return self.initial_epoch > 0
 
 
 class CheckpointFolder:
-    """Exclusive use of one configuration's checkpoint folder, or none.
+    """Exclusive use of one training's checkpoint folder, or none.
 
     Use as a context manager; ``acquired`` says whether this process owns it
-    (another live run of the same configuration holds it otherwise). The lock is
+    (another live run of the same training holds it otherwise). The lock is
     released by the kernel even when the process is killed.
     """
 
@@ -69,13 +113,37 @@ class CheckpointFolder:
             lambda p: p.write_text(json.dumps({"run_id": run_id})),
         )
 
-    def callbacks(self) -> tuple[EpochHistory, keras.callbacks.BackupAndRestore]:
-        """The history recorder and Keras's backup, in the order fit needs them."""
-        history = EpochHistory(self.folder / HISTORY_FILE)
+    def backed_up_epoch(self) -> int:
+        """How many epochs the backup holds (0 when there is none)."""
+        path = self.folder / BACKUP_FOLDER / BACKUP_METADATA
+        return int(json.loads(path.read_text())["epoch"]) if path.exists() else 0
+
+    def start(self, run_id: str) -> Resume:
+        """Claim the folder for ``run_id``; say where its fit starts.
+
+        The history is cut to the backed-up epochs (later records belong to an
+        epoch the backup did not keep).
+        """
+        epoch = self.backed_up_epoch()
+        interrupted = self.previous_owner() if epoch else None
+        path = self.folder / HISTORY_FILE
+        previous = [e for e in load_history(path) if e["epoch"] <= epoch]
+        self.claim(run_id)
+        _write_history(path, previous)
         backup = keras.callbacks.BackupAndRestore(
-            str(self.folder / "backup"), double_checkpoint=True
+            str(self.folder / BACKUP_FOLDER), double_checkpoint=True
         )
-        return history, backup
+        return Resume(
+            initial_epoch=epoch,
+            interrupted_run=interrupted,
+            previous=previous,
+            callbacks=[
+                EpochHistory(path),
+                RandomState(self.folder / RNG_FILE),
+                backup,
+                RestoredAt(epoch),
+            ],
+        )
 
     def clear(self) -> None:
         """Forget the checkpoint after a completed training."""
@@ -85,7 +153,7 @@ class CheckpointFolder:
 
 
 class EpochHistory(keras.callbacks.Callback):
-    """Persists every finished epoch's metrics; knows where a resumed fit began.
+    """Persists every finished epoch's metrics.
 
     Must come before ``BackupAndRestore`` in the callbacks: its epoch record is
     then never behind the backup.
@@ -94,29 +162,94 @@ class EpochHistory(keras.callbacks.Callback):
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
-        self.resumed_from: int | None = None
-        self.previous: list[dict[str, float]] = []
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self.resumed_from is not None:
-            return
-        # The first epoch of this fit is where BackupAndRestore resumed it.
-        self.resumed_from = epoch
-        self.previous = [e for e in load_history(self.path) if e["epoch"] <= epoch]
-        self._write(self.previous)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         done = [e for e in load_history(self.path) if e["epoch"] <= epoch]
-        self._write([*done, entry])
+        _write_history(self.path, [*done, entry])
 
-    def _write(self, history: list[dict[str, float]]) -> None:
-        atomic_write(self.path, lambda p: p.write_text(json.dumps(history)))
+
+class RandomState(keras.callbacks.Callback):
+    """Keeps the random generators' state (dropout masks) with every epoch.
+
+    ``BackupAndRestore`` restores weights and optimizer, not the state of the
+    layers' seed generators: a resumed fit would draw the dropout masks of
+    epoch 0 again. This saves their state after each epoch and puts back the
+    state of the epoch the backup restored, as that epoch begins. Must come
+    before ``BackupAndRestore``, so it saves first.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._started = False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        # The first epoch of the fit is the one the backup resumed at.
+        first, self._started = not self._started, True
+        if not first or not epoch:
+            return
+        saved = self._load().get(str(epoch))
+        if saved is None:
+            raise RuntimeError(
+                f"The checkpoint holds no random-generator state for epoch {epoch}; "
+                "the fit cannot resume exactly."
+            )
+        variables = _rng_variables(self.model)
+        if len(saved) != len(variables):
+            raise RuntimeError(
+                f"The checkpoint holds {len(saved)} random-generator state(s), the "
+                f"model has {len(variables)}: not the same model."
+            )
+        for variable, state in zip(variables, saved, strict=True):
+            variable.assign(state)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        states = self._load()
+        # In the model's variable order: names differ between model instances.
+        states[str(epoch + 1)] = [
+            v.numpy().tolist() for v in _rng_variables(self.model)
+        ]
+        atomic_write(self.path, lambda p: p.write_text(json.dumps(states)))
+
+    def _load(self) -> dict[str, list[list[int]]]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+
+def _rng_variables(model: keras.Model) -> list[keras.Variable]:
+    # Each layer's SeedGenerator keeps its state in a variable of this name.
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+class RestoredAt(keras.callbacks.Callback):
+    """Fails the fit when the backup restored another epoch than the one planned.
+
+    The input pipeline was built for ``epoch`` before ``fit`` began; Keras's
+    backup falls back to its previous copy when the latest is unreadable, which
+    would pair epochs with the wrong batches. A rerun then reads the fallback.
+    Must come after ``BackupAndRestore``.
+    """
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        restored = getattr(self.model, "_initial_epoch", None) or 0
+        if restored != self.epoch:
+            raise RuntimeError(
+                f"The checkpoint restored epoch {restored}, not the backed-up epoch "
+                f"{self.epoch} this fit's input was built for; run again to resume."
+            )
 
 
 def load_history(path: Path) -> list[dict[str, float]]:
     """Epoch records written by :class:`EpochHistory` (empty when none)."""
     return json.loads(path.read_text()) if path.exists() else []
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(history)))
 
 
 def merge_history(

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from mnist_pipeline.config import (
     PredictConfig,
+    PruneConfig,
     RegistryConfig,
     SweepConfig,
     TrainConfig,
@@ -92,15 +93,26 @@ def train(
             help="Gate: test accuracy floor [default: 0.98 MNIST, 0.94 sample]"
         ),
     ] = None,
-    max_accuracy_drop: Annotated[
-        float, typer.Option(help="Gate: allowed accuracy drop against @champion.")
-    ] = _DEFAULTS.max_accuracy_drop,
+    min_accuracy_gain: Annotated[
+        float,
+        typer.Option(
+            help="Gate: test accuracy must beat @champion's on the same images by "
+            "more than this (0: at least one more image right)."
+        ),
+    ] = _DEFAULTS.min_accuracy_gain,
     max_recall_drop: Annotated[
         float, typer.Option(help="Gate: allowed drop of the worst per-class recall.")
     ] = _DEFAULTS.max_recall_drop,
     min_robust_accuracy: Annotated[
         float, typer.Option(help="Gate: floor on shifted and noisy test accuracy.")
     ] = _DEFAULTS.min_robust_accuracy,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            help="Train and register even when a registered version already holds "
+            "this training (same data, settings and code version)."
+        ),
+    ] = _DEFAULTS.retrain,
 ) -> None:
     """Train the CNN, log it to MLflow and register a new model version."""
     config = _build(
@@ -118,23 +130,27 @@ def train(
         min_class_share=min_class_share,
         workdir=workdir,
         min_accuracy=min_accuracy,
-        max_accuracy_drop=max_accuracy_drop,
+        min_accuracy_gain=min_accuracy_gain,
         max_recall_drop=max_recall_drop,
         min_robust_accuracy=min_robust_accuracy,
+        retrain=retrain,
     )
     _check(check_source, data)
     launch = _Launch()
     from flows.training import mnist_training
 
     result = launch.run(mnist_training, config=config)
-    verdict = (
-        "promoted to @champion"
-        if result.promoted
-        else "kept as @challenger (" + "; ".join(result.gate_reasons) + ")"
-    )
+    if result.skipped:
+        launch.report(
+            f"Already trained: {result.model_name} version {result.version} holds "
+            f"this training (key {result.training_key}: same data, settings and "
+            "code version); nothing trained or registered (--retrain trains again).",
+            f"Promotion gate: {result.verdict}",
+        )
+        return
     launch.report(
         f"Test accuracy: {result.test_accuracy:.4f}",
-        f"Promotion gate: {verdict}",
+        f"Promotion gate: {result.verdict}",
         f"MLflow run id: {result.run_id}",
         f"Registered model: {result.model_name} version {result.version}",
     )
@@ -189,9 +205,13 @@ def sweep(
             help="Gate: test accuracy floor [default: 0.98 MNIST, 0.94 sample]"
         ),
     ] = None,
-    max_accuracy_drop: Annotated[
-        float, typer.Option(help="Gate: allowed accuracy drop against @champion.")
-    ] = _DEFAULTS.max_accuracy_drop,
+    min_accuracy_gain: Annotated[
+        float,
+        typer.Option(
+            help="Gate: test accuracy must beat @champion's on the same images by "
+            "more than this (0: at least one more image right)."
+        ),
+    ] = _DEFAULTS.min_accuracy_gain,
     max_recall_drop: Annotated[
         float, typer.Option(help="Gate: allowed drop of the worst per-class recall.")
     ] = _DEFAULTS.max_recall_drop,
@@ -212,6 +232,13 @@ def sweep(
         int | None,
         typer.Option(help="Worker processes of the local cluster [default: cores]"),
     ] = None,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            help="Run even when the same sweep (grid, settings, data, code "
+            "version) registered its best trial before."
+        ),
+    ] = _DEFAULTS.retrain,
 ) -> None:
     """Train one model per grid combination in parallel on Dask; gate the best."""
     values = _load_grid(grid)
@@ -226,10 +253,11 @@ def sweep(
         test_limit=test_limit,
         workdir=workdir,
         min_accuracy=min_accuracy,
-        max_accuracy_drop=max_accuracy_drop,
+        min_accuracy_gain=min_accuracy_gain,
         max_recall_drop=max_recall_drop,
         min_robust_accuracy=min_robust_accuracy,
         min_class_share=min_class_share,
+        retrain=retrain,
     )
     config = _build(
         SweepConfig,
@@ -245,13 +273,17 @@ def sweep(
     from flows.sweep import mnist_sweep
 
     result = launch.run(mnist_sweep, config=config)
+    if result.skipped:
+        launch.report(
+            f"Already swept: {result.model_name} version {result.version} holds "
+            "this sweep's best trial (same grid, settings, data and code version); "
+            "no trial ran (--retrain runs it again).",
+            f"Promotion gate: {result.verdict}",
+        )
+        return
     failed = sum(t.status == "FAILED" for t in result.trials)
     best = next(t for t in result.trials if t.index == result.best_trial)
-    verdict = (
-        "promoted to @champion"
-        if result.promoted
-        else "kept as @challenger (" + "; ".join(result.gate_reasons) + ")"
-    )
+    verdict = result.verdict
     launch.report(
         format_table(trial_rows(result.trials, result.best_trial), TABLE_COLUMNS),
         f"Trials: {len(result.trials) - failed} finished, {failed} failed; "
@@ -392,6 +424,55 @@ def rollback(
 
     current, previous = launch.run(rollback_model, config=config)
     launch.report(f"{model_name} @champion: version {current} -> version {previous}")
+
+
+_PRUNE = PruneConfig()
+
+
+@app.command()
+def prune(
+    workdir: Annotated[str, typer.Option(help="Work folder.")] = _PRUNE.workdir,
+    model_name: Annotated[
+        str, typer.Option(help="Registered model whose versions decide what stays.")
+    ] = _PRUNE.model_name,
+    keep_versions: Annotated[
+        int,
+        typer.Option(
+            help="The last N versions keep their local models (as do @champion "
+            "and @challenger)."
+        ),
+    ] = _PRUNE.keep_versions,
+    older_than_days: Annotated[
+        float, typer.Option(help="Only files older than this many days go.")
+    ] = _PRUNE.older_than_days,
+    apply: Annotated[
+        bool, typer.Option(help="Remove what the plan lists (default: only list it).")
+    ] = _PRUNE.apply,
+) -> None:
+    """List what old runs left in the work folder; remove it with --apply."""
+    config = _build(
+        PruneConfig,
+        workdir=workdir,
+        model_name=model_name,
+        keep_versions=keep_versions,
+        older_than_days=older_than_days,
+        apply=apply,
+    )
+    launch = _Launch()
+    from flows.maintenance import prune_outputs
+
+    result = launch.run(prune_outputs, config=config)
+    verb = "removed" if result.applied else "would remove"
+    lines = [
+        f"{verb} {path} ({reason}, {size / 1e6:.1f} MB)"
+        for path, reason, size in result.removals
+    ]
+    total = f"{len(result.removals)} item(s), {result.size / 1e6:.1f} MB"
+    if result.applied:
+        lines.append(f"Removed {total}.")
+    else:
+        lines.append(f"Would remove {total}; nothing removed (--apply removes them).")
+    launch.report(*lines)
 
 
 class _Launch:

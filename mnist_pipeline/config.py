@@ -26,6 +26,31 @@ KERAS_MNIST_ORIGIN = (
 KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
 
+#: The notebook's filter counts of the two convolution layers, and its dropout
+#: (``model.build_model``'s defaults; a sweep may vary them).
+CONV_FILTERS = (30, 15)
+DROPOUT = 0.5
+
+#: The registered model every command uses unless told otherwise.
+DEFAULT_MODEL_NAME = "mnist-cnn"
+#: The work folder every command uses unless told otherwise.
+DEFAULT_WORKDIR = "outputs"
+
+#: Seconds a promotion (or an operator's alias change) waits for another one of
+#: the same model to finish before it fails.
+DEFAULT_PROMOTION_TIMEOUT = 900.0
+PromotionTimeout = Annotated[
+    float,
+    Field(
+        gt=0,
+        le=86400,
+        description=(
+            "Seconds to wait while another run promotes the same model before failing"
+        ),
+    ),
+]
+
+
 class TrainConfig(BaseModel):
     """Everything that decides what a training run does.
 
@@ -51,7 +76,7 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0, description="Seed for the split, weights and dropout")
     experiment: str = Field("mnist", min_length=1, description="MLflow experiment")
     model_name: str = Field(
-        "mnist-cnn", min_length=1, description="MLflow registered model name"
+        DEFAULT_MODEL_NAME, min_length=1, description="MLflow registered model name"
     )
     min_class_share: float = Field(
         0.05,
@@ -71,8 +96,14 @@ class TrainConfig(BaseModel):
         le=1,
         description="Gate: test accuracy floor (default 0.98 MNIST, 0.94 sample)",
     )
-    max_accuracy_drop: float = Field(
-        0.002, ge=0, le=1, description="Gate: allowed accuracy drop vs @champion"
+    min_accuracy_gain: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description=(
+            "Gate: test accuracy must beat @champion's on the same images by more "
+            "than this (0: at least one more image right)"
+        ),
     )
     max_recall_drop: float = Field(
         0.02, ge=0, le=1, description="Gate: allowed drop of the worst class recall"
@@ -81,7 +112,9 @@ class TrainConfig(BaseModel):
         0.80, ge=0, le=1, description="Gate: floor on shifted/noisy test accuracy"
     )
     workdir: str = Field(
-        "outputs", min_length=1, description="Folder for datasets, plots and models"
+        DEFAULT_WORKDIR,
+        min_length=1,
+        description="Folder for datasets, plots and models",
     )
     mnist_origin: str = Field(
         KERAS_MNIST_ORIGIN, description="URL of mnist.npz for the mnist source"
@@ -92,18 +125,26 @@ class TrainConfig(BaseModel):
     download_timeout: float = Field(
         30.0, gt=0, le=3600, description="Seconds before a stalled download fails"
     )
+    retrain: bool = Field(
+        False,
+        description=(
+            "Train and register even when a registered version already holds this "
+            "training (same data, settings and code version)"
+        ),
+    )
+    promotion_timeout: PromotionTimeout = DEFAULT_PROMOTION_TIMEOUT
 
     def training_params(self) -> dict[str, object]:
-        """The fields that decide what training computes (its checkpoint key)."""
-        return self.model_dump(
-            include={
-                "epochs",
-                "batch_size",
-                "learning_rate",
-                "validation_split",
-                "seed",
-            }
-        )
+        """The settings that decide what training computes (part of its key).
+
+        The same keys as :meth:`TrialParams.training_params`, so a sweep trial
+        and a training run of one setup have one key.
+        """
+        fields = {"epochs", "batch_size", "learning_rate", "validation_split", "seed"}
+        return self.model_dump(include=fields) | {
+            "conv_filters": list(CONV_FILTERS),
+            "dropout": DROPOUT,
+        }
 
 
 class PredictConfig(BaseModel):
@@ -128,11 +169,40 @@ class RegistryConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model_name: str = Field("mnist-cnn", min_length=1)
+    model_name: str = Field(
+        DEFAULT_MODEL_NAME, min_length=1, description="Registered model name"
+    )
     version: int | None = Field(
         None, ge=1, description="Version to promote (promote only)"
     )
     reason: str = Field("operator request", description="Recorded in the tags")
+    promotion_timeout: PromotionTimeout = DEFAULT_PROMOTION_TIMEOUT
+
+
+class PruneConfig(BaseModel):
+    """What to clear from the work folder after a year of nights (a plan first)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workdir: str = Field(DEFAULT_WORKDIR, min_length=1, description="Work folder")
+    model_name: str = Field(
+        DEFAULT_MODEL_NAME,
+        min_length=1,
+        description="Registered model whose versions decide what stays",
+    )
+    keep_versions: int = Field(
+        5,
+        ge=0,
+        le=10000,
+        description="The last N versions keep their local models (as do "
+        "@champion and @challenger)",
+    )
+    older_than_days: float = Field(
+        30.0, ge=0, le=36500, description="Only files older than this go"
+    )
+    apply: bool = Field(
+        False, description="Remove what the plan lists (default: only list it)"
+    )
 
 
 #: At most this many combinations per sweep: a typo must not queue thousands.
@@ -158,6 +228,13 @@ class TrialParams(BaseModel):
     conv_filters: tuple[Filters, Filters]
     epochs: Epochs
 
+    def training_params(self, validation_split: float, seed: int) -> dict[str, object]:
+        """The settings that decide what this trial's training computes."""
+        return self.model_dump(mode="json") | {
+            "validation_split": validation_split,
+            "seed": seed,
+        }
+
     def label(self) -> str:
         """A short human-readable description, e.g. for run names and logs."""
         first, second = self.conv_filters
@@ -170,8 +247,7 @@ class TrialParams(BaseModel):
 class SweepGrid(BaseModel):
     """The values a sweep tries: one trial per combination (their Cartesian product).
 
-    Each field lists values; one left out keeps the notebook's single value
-    (``model.py`` holds the same filter and dropout defaults).
+    Each field lists values; one left out keeps the notebook's single value.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -183,10 +259,10 @@ class SweepGrid(BaseModel):
         (400,), min_length=1, description="Global batch sizes to try"
     )
     dropout: tuple[Dropout, ...] = Field(
-        (0.5,), min_length=1, description="Dropout rates before the softmax to try"
+        (DROPOUT,), min_length=1, description="Dropout rates before the softmax to try"
     )
     conv_filters: tuple[tuple[Filters, Filters], ...] = Field(
-        ((30, 15),),
+        (CONV_FILTERS,),
         min_length=1,
         description="Filter counts of the two convolution layers, as pairs",
     )

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,6 +43,42 @@ def database_lock(database: Path) -> Iterator[None]:
     database.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{database}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def exclusive_lock(
+    path: Path,
+    timeout: float,
+    poll: float = 0.2,
+    on_wait: Callable[[], object] | None = None,
+) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the ``with`` block.
+
+    Waits at most ``timeout`` seconds for another holder, calling ``on_wait``
+    once if it has to wait. The kernel releases the lock when the holder's
+    process dies, so a crash never leaves it taken.
+
+    Raises:
+        TimeoutError: another process held it for longer than ``timeout``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    waited = False
+    with open(path, "w") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if on_wait is not None and not waited:
+                    on_wait()
+                waited = True
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"{path} stayed locked by another process for {timeout:g} s"
+                    ) from None
+                time.sleep(poll)
         yield
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-#: The notebook's filter counts of the two convolution layers, and its dropout.
-CONV_FILTERS = (30, 15)
-DROPOUT = 0.5
+from mnist_pipeline.config import CONV_FILTERS, DROPOUT
 
 
 def build_model(

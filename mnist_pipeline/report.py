@@ -14,27 +14,73 @@ def summary_markdown(
     digest: str,
     model_name: str,
     version: str,
+    version_url: str | None,
     run_id: str,
     run_url: str | None,
     gate: str,
+    training_key: str,
+    code_version: str,
 ) -> str:
     """Headline metrics, dataset and model version as a markdown page."""
-    run = f"[{run_id}]({run_url})" if run_url else f"`{run_id}`"
-    return "\n".join(
+    return _table(
+        "# MNIST training run",
         [
-            "# MNIST training run",
-            "",
-            "| | |",
-            "|---|---|",
-            f"| Test accuracy | **{metrics['test_accuracy']:.4f}** |",
-            f"| Test loss | {metrics['test_loss']:.4f} |",
-            f"| Worst class recall | {metrics['test_min_class_recall']:.4f} |",
-            f"| Dataset | {dataset} (digest `{digest}`) |",
-            f"| Registered model | `{model_name}` version **{version}** |",
-            f"| Promotion gate | {gate} |",
-            f"| MLflow run | {run} |",
-        ]
+            ("Test accuracy", f"**{metrics['test_accuracy']:.4f}**"),
+            ("Test loss", f"{metrics['test_loss']:.4f}"),
+            ("Worst class recall", f"{metrics['test_min_class_recall']:.4f}"),
+            ("Dataset", f"{dataset} (digest `{digest}`)"),
+            ("Registered model", _version(model_name, version, version_url)),
+            ("Promotion gate", gate),
+            ("MLflow run", _link(run_id, run_url)),
+            ("Training key", f"`{training_key}` (code version `{code_version}`)"),
+        ],
     )
+
+
+def existing_markdown(
+    *,
+    model_name: str,
+    version: str,
+    version_url: str | None,
+    run_id: str | None,
+    run_url: str | None,
+    tags: Mapping[str, str],
+    training_key: str,
+    gate: str,
+) -> str:
+    """The page of a run that found its training already registered."""
+    digest = tags.get("dataset_digest", "?")
+    return _table(
+        "# MNIST training run: nothing to train",
+        [
+            (
+                "Already trained",
+                f"{_version(model_name, version, version_url)} holds this "
+                "training: same data, settings and code version. Nothing was "
+                "trained or registered.",
+            ),
+            ("Test accuracy", f"**{tags.get('test_accuracy', '?')}**"),
+            ("Dataset", f"{tags.get('dataset', '?')} (digest `{digest}`)"),
+            ("Promotion gate", gate),
+            ("MLflow run that trained it", _link(run_id or "?", run_url)),
+            ("Training key", f"`{training_key}`"),
+            ("Train again", "`--retrain` (config field `retrain: true`)"),
+        ],
+    )
+
+
+def _table(title: str, rows: Sequence[tuple[str, str]]) -> str:
+    lines = [title, "", "| | |", "|---|---|"]
+    return "\n".join(lines + [f"| {name} | {value} |" for name, value in rows])
+
+
+def _version(model_name: str, version: str, url: str | None) -> str:
+    text = f"`{model_name}` version **{version}**"
+    return f"[{text}]({url})" if url else f"{text} (`models:/{model_name}/{version}`)"
+
+
+def _link(text: str, url: str | None) -> str:
+    return f"[{text}]({url})" if url else f"`{text}`"
 
 
 def per_class_rows(per_class: Sequence[Mapping[str, float]]) -> list[dict[str, str]]:
@@ -51,8 +97,24 @@ def per_class_rows(per_class: Sequence[Mapping[str, float]]) -> list[dict[str, s
     ]
 
 
+def gate_sentence(decision: Decision, compared_with: str | None) -> str:
+    """The gate's verdict in one line, naming the champion it was compared with."""
+    if not decision.promote:
+        return "kept as @challenger: " + "; ".join(decision.reasons)
+    if compared_with is None:
+        return "promoted to @champion (first champion; every check passed)"
+    better = [c.detail for c in decision.checks if c.name == "better_than_champion"]
+    if not better:
+        return f"v{compared_with} is @champion (this version)"
+    return f"promoted to @champion over v{compared_with}: {better[0]}"
+
+
 def gate_markdown(
-    model_name: str, version: str, decision: Decision, champion_version: str | None
+    model_name: str,
+    version: str,
+    decision: Decision,
+    compared_with: str | None,
+    lineage: str,
 ) -> str:
     """The gate's verdict and every compared figure as a markdown page."""
     verdict = (
@@ -60,17 +122,19 @@ def gate_markdown(
         if decision.promote
         else f"**rejected**: `{model_name}` v{version} stays `@challenger`"
     )
-    compared = f"v{champion_version}" if champion_version else "none (first model)"
+    compared = f"v{compared_with}" if compared_with else "none (first model)"
     lines = [
         "# Promotion gate",
         "",
         f"Decision: {verdict}. Compared with champion: {compared}.",
+        "",
+        f"Test split: {lineage}.",
         "",
         "| Check | Result | Value | Required |",
         "|---|---|---|---|",
     ]
     for check in decision.checks:
         result = "pass" if check.passed else "**FAIL**"
-        figures = f"{check.value:.4f} | >= {check.threshold:.4f}"
+        figures = f"{check.value:.4g} | {check.relation} {check.threshold:.4g}"
         lines.append(f"| {check.name} | {result} | {figures} |")
     return "\n".join(lines)

@@ -7,7 +7,10 @@ it is correct from any thread (MLflow's fluent "active run" is thread-local).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import keras
 import mlflow
@@ -37,12 +41,14 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from mnist_pipeline import registry
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.errors import RegistryError, TrackingUnavailableError
 from mnist_pipeline.files import database_lock, sqlite_file
 from mnist_pipeline.redact import redact_text, redact_url
 from mnist_pipeline.serving import as_model_input
 
+log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODEL_ARTIFACT = "model"
 SIGNATURE = ModelSignature(
@@ -95,7 +101,11 @@ def check_reachable(
     """
     if not uri.startswith(("http://", "https://")):
         return
-    url, error = f"{uri.rstrip('/')}/health", ""
+    # Without the user:password@ part: urllib would take it for the host. Any
+    # answer, a 401 included, says the server is there.
+    parts = urlsplit(uri.rstrip("/"))
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    url, error = f"{urlunsplit(bare)}/health", ""
     for attempt in range(attempts):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
@@ -135,20 +145,58 @@ def tracked_run(
     client: MlflowClient, experiment_id: str, run_name: str | None, tags: Mapping
 ) -> Iterator[str]:
     """Open an MLflow run; close it FINISHED, or FAILED with the reason as a tag."""
-    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
-    run_id = run.info.run_id
+    with recorded_run(client, experiment_id, run_name, tags) as run:
+        yield run.open()
+
+
+class LazyRun:
+    """An MLflow run created only when :meth:`open` is first called."""
+
+    def __init__(
+        self, client: MlflowClient, experiment_id: str, name: str | None, tags: Mapping
+    ) -> None:
+        self._client, self._experiment_id = client, experiment_id
+        self._name, self._tags = name, dict(tags)
+        self.run_id: str | None = None
+
+    def open(self) -> str:
+        """The run's id, creating the run on the first call."""
+        if self.run_id is None:
+            run = self._client.create_run(
+                self._experiment_id, run_name=self._name, tags=self._tags
+            )
+            self.run_id = run.info.run_id
+        return self.run_id
+
+
+@contextmanager
+def recorded_run(
+    client: MlflowClient, experiment_id: str, run_name: str | None, tags: Mapping
+) -> Iterator[LazyRun]:
+    """A run that exists once opened, or once the block fails.
+
+    A block that ends without opening it leaves nothing in MLflow (a run that
+    found its work done); one that fails always leaves a FAILED run with the
+    reason. Interrupts and cancellations (Ctrl+C, SIGTERM as Prefect's
+    TerminationSignal) are BaseExceptions: the run was stopped (KILLED).
+    """
+    run = LazyRun(client, experiment_id, run_name, tags)
     try:
-        yield run_id
+        yield run
     except BaseException as exc:
-        # Interrupts and cancellations (Ctrl+C, SIGTERM as Prefect's
-        # TerminationSignal) are BaseExceptions, not Exceptions: the run was
-        # stopped, it did not fail.
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"
         reason = redact_text(f"{type(exc).__name__}: {exc}")[:4000]
-        client.set_tag(run_id, "failure_reason", reason)
-        client.set_terminated(run_id, RunStatus.to_string(getattr(RunStatus, status)))
+        try:
+            run_id = run.open()
+            client.set_tag(run_id, "failure_reason", reason)
+            client.set_terminated(
+                run_id, RunStatus.to_string(getattr(RunStatus, status))
+            )
+        except MlflowException as unrecorded:  # the store may be what failed
+            log.warning("Could not record the failure in MLflow: %s", unrecorded)
         raise
-    client.set_terminated(run_id, "FINISHED")
+    if run.run_id is not None:
+        client.set_terminated(run.run_id, "FINISHED")
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, object]) -> None:
@@ -299,31 +347,59 @@ def log_model(
     Returns:
         The logged model's URI and the registered version.
     """
-    import mnist_pipeline
     from mnist_pipeline import serving_model
 
-    registry = MlflowClient()
-    earlier = registered_version(registry, model_name, run_id)
+    client = MlflowClient()
+    earlier = registered_version(client, model_name, run_id)
     if earlier is not None:
-        _set_version_tags(registry, model_name, earlier.version, tags)
+        registry.set_version_tags(client, model_name, earlier.version, tags)
         return earlier.source, str(earlier.version)
-    info = mlflow.models.Model.log(
-        artifact_path=None,
-        name=MODEL_ARTIFACT,
-        flavor=mlflow.pyfunc,
-        run_id=run_id,
-        python_model=serving_model.__file__,
-        artifacts={"keras_model": str(keras_path)},
-        code_paths=[str(Path(mnist_pipeline.__file__).parent)],
-        signature=SIGNATURE,
-        input_example=as_model_input(input_example),
-        pip_requirements=pip_requirements(),
-        registered_model_name=model_name,
-        tags=dict(tags),
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        info = mlflow.models.Model.log(
+            artifact_path=None,
+            name=MODEL_ARTIFACT,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            python_model=serving_model.__file__,
+            artifacts={"keras_model": str(keras_path)},
+            code_paths=[str(serving_code(Path(scratch)))],
+            signature=SIGNATURE,
+            input_example=as_model_input(input_example),
+            pip_requirements=pip_requirements(),
+            registered_model_name=model_name,
+            tags=dict(tags),
+        )
     version = str(info.registered_model_version)
-    _set_version_tags(registry, model_name, version, tags)
+    registry.set_version_tags(client, model_name, version, tags)
     return info.model_uri, version
+
+
+#: The modules of this package the served model imports (``serving_model.py``
+#: and what it needs); only these travel with each version.
+SERVED_MODULES = ("__init__", "serving")
+
+
+def serving_code(folder: Path) -> Path:
+    """A copy of the package holding only :data:`SERVED_MODULES`, under ``folder``."""
+    import mnist_pipeline
+
+    source = Path(mnist_pipeline.__file__).parent
+    package = folder / source.name
+    package.mkdir(parents=True)
+    for name in SERVED_MODULES:
+        shutil.copy2(source / f"{name}.py", package / f"{name}.py")
+    return package
+
+
+def download_keras_model(model_name: str, version: str) -> Path:
+    """Download a registered version and return its Keras file."""
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_name}/{version}"
+        )
+    )
+    (path,) = folder.glob("artifacts/*.keras")
+    return path
 
 
 def registered_version(
@@ -336,13 +412,6 @@ def registered_version(
     return min(mine, key=lambda v: int(v.version)) if mine else None
 
 
-def _set_version_tags(
-    client: MlflowClient, model_name: str, version: str, tags: Mapping[str, str]
-) -> None:
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
-
-
 def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None:
     """Link to the run in the MLflow UI when tracking goes to a server."""
     uri = client.tracking_uri
@@ -352,26 +421,9 @@ def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-
-
 def load_pyfunc(uri: str):
     """Load a logged or registered model through MLflow's generic pyfunc API."""
     return mlflow.pyfunc.load_model(uri)
-
-
-def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    """The version an alias points to, or None when the alias is not set."""
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
-def set_challenger(client: MlflowClient, name: str, version: str) -> None:
-    """Point ``@challenger`` at the newest candidate."""
-    client.set_registered_model_alias(name, CHALLENGER, version)
 
 
 def record_gate(
@@ -381,72 +433,21 @@ def record_gate(
     version: str,
     tags: Mapping[str, str],
     metrics: Mapping[str, float],
+    record: Mapping[str, object] | None = None,
+    description: str | None = None,
 ) -> None:
-    """Write the gate's figures and verdict on both the run and the version."""
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-        client.set_model_version_tag(name, version, key, value)
+    """The gate's verdict as tags on the run and the version; figures as metrics.
+
+    ``record`` (every check and figure) becomes ``gate/decision.json`` on the
+    run; ``description`` the version's one-sentence description.
+    """
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    registry.set_version_tags(client, name, version, tags)
     log_metrics(client, run_id, metrics)
-
-
-def move_champion(
-    client: MlflowClient, name: str, version: str, *, by: str, reason: str
-) -> str | None:
-    """Make ``version`` the champion in one alias update; return the previous one.
-
-    The audit tags are written first, then the alias moves in a single call, so
-    a crash at any point leaves the registry with a champion.
-    """
-    previous = alias_version(client, name, CHAMPION)
-    now = _now()
-    client.set_model_version_tag(name, version, "champion.previous", previous or "")
-    client.set_model_version_tag(name, version, "champion.promoted_at", now)
-    client.set_model_version_tag(name, version, "champion.promoted_by", by)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    _record_change(client, name, f"{now} {by}: v{previous} -> v{version} ({reason})")
-    return previous
-
-
-def rollback_champion(client: MlflowClient, name: str, *, by: str) -> tuple[str, str]:
-    """Move ``@champion`` back to the version it replaced.
-
-    Returns:
-        ``(from_version, to_version)``.
-
-    Raises:
-        RegistryError: no champion, or it replaced nothing.
-    """
-    current = alias_version(client, name, CHAMPION)
-    if current is None:
-        raise RegistryError(f"Model '{name}' has no @champion to roll back.")
-    previous = client.get_model_version(name, current).tags.get("champion.previous")
-    if not previous:
-        raise RegistryError(
-            f"Model '{name}' @champion is version {current}, which replaced no earlier "
-            "champion; promote a version explicitly with --version instead."
-        )
-    now = _now()
-    client.set_model_version_tag(name, current, "champion.rolled_back_at", now)
-    client.set_model_version_tag(name, current, "champion.rolled_back_by", by)
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    _record_change(client, name, f"{now} {by}: rollback v{current} -> v{previous}")
-    return current, previous
-
-
-def check_version(client: MlflowClient, name: str, version: str) -> None:
-    """Raise :class:`RegistryError` unless ``name`` has ``version``."""
-    try:
-        client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise RegistryError(f"Model '{name}' has no version {version}.") from exc
-
-
-def _record_change(client: MlflowClient, name: str, change: str) -> None:
-    client.set_registered_model_tag(name, "champion.last_change", change)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if record is not None:
+        client.log_dict(run_id, dict(record), "gate/decision.json")
+    if description is not None:
+        client.update_model_version(name, version, description=description)
 
 
 def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str | None, str | None]:
@@ -461,13 +462,18 @@ def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str | None, str |
     ref = uri.removeprefix("models:/")
     if "@" in ref:
         name, alias = ref.split("@", 1)
-        version = alias_version(client, name, alias)
+        try:
+            version = registry.alias_version(client, name, alias)
+        except MlflowException as exc:
+            if not registry.is_not_found(exc):
+                raise
+            raise RegistryError(f"No registered model '{name}' ({uri}).") from exc
         if version is None:
             raise RegistryError(f"Model '{name}' has no alias @{alias} ({uri}).")
         return name, version
     name, _, version = ref.partition("/")
     if version.isdigit():
-        check_version(client, name, version)
+        registry.check_version(client, name, version)
         return name, version
     return None, None
 

@@ -29,12 +29,16 @@ def train_model(
     conv_filters: tuple[int, int] = CONV_FILTERS,
     dropout: float = DROPOUT,
     strategy: tf.distribute.Strategy | None = None,
+    initial_epoch: int = 0,
 ) -> tuple[keras.Model, History]:
     """Build, compile and fit the model; return it with its per-epoch history.
 
     The model is built and compiled in ``strategy``'s scope, by default the one
     :func:`~mnist_pipeline.distribute.choose_strategy` picks for the devices
     present; ``batch_size`` stays the global batch, split across its replicas.
+    ``initial_epoch`` continues a fit whose weights a callback restores (Keras's
+    ``BackupAndRestore``): its epochs see the batches an uninterrupted fit
+    would have seen from that epoch on.
     """
     keras.utils.set_random_seed(seed)
     if strategy is None:
@@ -51,7 +55,12 @@ def train_model(
         )
     history = model.fit(
         shuffled_batches(
-            prepared.x_train, prepared.y_train, batch_size, epochs=epochs, seed=seed
+            prepared.x_train,
+            prepared.y_train,
+            batch_size,
+            epochs=epochs,
+            seed=seed,
+            first_epoch=initial_epoch,
         ),
         steps_per_epoch=math.ceil(len(prepared.x_train) / batch_size),
         # Validated every epoch: batched once, kept in memory.
@@ -61,6 +70,7 @@ def train_model(
         .batch(batch_size)
         .cache(),
         epochs=epochs,
+        initial_epoch=initial_epoch,
         shuffle=False,  # shuffled_batches already did
         verbose=0,
         callbacks=list(callbacks),
@@ -69,10 +79,19 @@ def train_model(
 
 
 def shuffled_batches(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, *, epochs: int, seed: int
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    epochs: int,
+    seed: int,
+    first_epoch: int = 0,
 ) -> tf.data.Dataset:
-    """Every epoch's batches, each epoch in its own seeded random order.
+    """The batches of epochs ``first_epoch`` .. ``epochs - 1``, each epoch in its
+    own random order, seeded by ``(seed, epoch)``.
 
+    An epoch's order depends on nothing but its number, so a fit resumed at
+    epoch k sees exactly the batches the uninterrupted fit saw from epoch k on.
     One pipeline for the whole fit, so Keras never restarts it: for numpy
     arrays Keras rebuilds its input iterator every epoch, which stalled some
     epochs' first step by seconds. Batches are gathered by index, in parallel
@@ -89,7 +108,7 @@ def shuffled_batches(
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     return (
-        tf.data.Dataset.range(epochs)
+        tf.data.Dataset.range(first_epoch, epochs)
         .flat_map(epoch_order)
         .map(
             lambda index: (tf.gather(images, index), tf.gather(labels, index)),

@@ -18,20 +18,113 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from prefect import Task
 from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem
+from prefect.serializers import Serializer
+from pydantic import Field, TypeAdapter, ValidationError
+
+from mnist_pipeline.data import DatasetRef
+from mnist_pipeline.validate import ValidationReport
 
 #: The folder under the workdir where cached stage results persist.
 CACHE_FOLDER = "cache"
+#: Every type a cached stage returns, by the name its records store.
+STAGE_RESULTS: dict[str, Any] = {
+    "dataset": DatasetRef,
+    "validation": ValidationReport,
+    "paths": list[str],
+    "path": str,
+}
 
 KeyParts = Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
 Outputs = Callable[[Any], Sequence[str]]
 
 
-def cache_storage(workdir: str) -> Path:
-    """Where the data stages of a run with this workdir persist their results."""
-    return Path(workdir).resolve() / CACHE_FOLDER
+class StageSerializer(Serializer):
+    """Stage results as plain JSON of a few known types; loading runs no code.
+
+    Prefect's own serializers are chosen by the stored record itself: a record
+    naming ``pickle`` (or JSON with a ``jsonlib`` or a class to import) would
+    run code when read. This one decodes only :data:`STAGE_RESULTS`, validated
+    by pydantic, and :class:`StageCacheStorage` reads no record of another kind.
+    """
+
+    type: str = Field(default="mnist-stage-json", frozen=True)
+
+    def dumps(self, obj: Any) -> bytes:
+        kind = next((k for k, t in STAGE_RESULTS.items() if _is_instance(obj, t)), None)
+        if kind is None:
+            raise TypeError(f"not a stage result: {type(obj).__name__}")
+        data = TypeAdapter(STAGE_RESULTS[kind]).dump_python(obj, mode="json")
+        return json.dumps({"kind": kind, "data": data}).encode()
+
+    def loads(self, blob: bytes) -> Any:
+        payload = json.loads(blob)
+        if not isinstance(payload, dict) or payload.get("kind") not in STAGE_RESULTS:
+            raise ValueError("not a stage result")
+        return TypeAdapter(STAGE_RESULTS[payload["kind"]]).validate_python(
+            payload["data"]
+        )
+
+
+class StageCacheStorage(LocalFileSystem):
+    """The stage cache's folder; a record not written by :class:`StageSerializer`
+    cannot be read from it (a tampered or foreign record is a cache miss)."""
+
+    _block_type_name = "MNIST Stage Cache"
+    _block_type_slug = "mnist-stage-cache"
+
+    async def aread_path(self, path: str) -> bytes:
+        return _checked(await super().aread_path(path), path)
+
+    def read_path(self, path: str, _sync: bool = True) -> bytes:
+        # Prefect reads results through this (with _sync=True) or aread_path.
+        return _checked(super().read_path(path, _sync=True), path)
+
+
+def _checked(content: bytes, path: str) -> bytes:
+    try:
+        record = json.loads(content)
+        serializer = record["metadata"]["serializer"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UnsafeCacheRecordError(f"{path} is not a stage-cache record") from exc
+    if serializer != {"type": StageSerializer().type}:
+        raise UnsafeCacheRecordError(
+            f"{path} names serializer {serializer!r}; only stage JSON is read"
+        )
+    return content
+
+
+class UnsafeCacheRecordError(ValueError):
+    """A cache file that the stage cache refuses to read."""
+
+
+def cache_storage(workdir: str) -> StageCacheStorage:
+    """Where the data stages of a run with this workdir persist their results.
+
+    Saved as a block (Prefect takes only saved storage for task results), named
+    after the folder; saving again is harmless.
+    """
+    folder = str(Path(workdir).resolve() / CACHE_FOLDER)
+    storage = StageCacheStorage(basepath=folder)
+    name = "workdir-" + hashlib.sha256(folder.encode()).hexdigest()[:12]
+    storage.save(name, overwrite=True)
+    return storage
+
+
+def cached(stage: Task, storage: StageCacheStorage) -> Task:
+    """``stage`` persisting its result in the stage cache ``storage``."""
+    return stage.with_options(result_storage=storage)
+
+
+def _is_instance(obj: Any, kind: Any) -> bool:
+    try:
+        TypeAdapter(kind).validate_python(obj, strict=True)
+    except ValidationError:
+        return False
+    return True
 
 
 @dataclass(kw_only=True)

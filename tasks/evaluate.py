@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from mnist_pipeline import plots
 from mnist_pipeline.evaluate import evaluate_model, feature_maps
+from mnist_pipeline.gate import Scores
 from mnist_pipeline.preprocess import PreparedData
 from tasks.train import TrainedModel
 
@@ -24,6 +25,12 @@ class EvaluationSummary(BaseModel):
     per_class: list[dict[str, float]]
     confusion: list[list[int]]
     plots: list[str]
+
+    def scores(self) -> Scores:
+        """What the promotion gate compares: correct test images, worst recall."""
+        correct = sum(row[i] for i, row in enumerate(self.confusion))
+        total = sum(map(sum, self.confusion))
+        return Scores(correct, total, self.metrics["test_min_class_recall"])
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

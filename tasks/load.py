@@ -16,7 +16,7 @@ from mnist_pipeline.data import (
     stratified_subset,
 )
 from mnist_pipeline.errors import DataLoadError
-from tasks.caching import StageCache
+from tasks.caching import StageCache, StageSerializer
 
 
 def _key(inputs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -32,6 +32,7 @@ def _key(inputs: Mapping[str, Any]) -> dict[str, Any] | None:
 
 @task(
     name="load",
+    result_serializer=StageSerializer(),
     cache_policy=StageCache(
         parts=_key, code=("mnist_pipeline.data",), outputs=lambda ref: [ref.path]
     ),

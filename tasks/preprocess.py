@@ -8,11 +8,12 @@ from prefect import task
 
 from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.preprocess import preprocess
-from tasks.caching import StageCache
+from tasks.caching import StageCache, StageSerializer
 
 
 @task(
     name="preprocess",
+    result_serializer=StageSerializer(),
     cache_policy=StageCache(
         parts=lambda inputs: {
             "digest": inputs["ref"].digest,

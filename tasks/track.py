@@ -5,22 +5,70 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 from prefect.tasks import exponential_backoff
+from pydantic import BaseModel
 
-from mnist_pipeline import tracking
+from mnist_pipeline import registry, tracking
 from mnist_pipeline.data import DatasetRef, open_dataset
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.gate import Scores, score_tags
 from tasks.evaluate import EvaluationSummary
 from tasks.train import TrainedModel
 
-# MLflow calls cross the network when tracking goes to a server: retry them.
+#: MLflow's answers that a retry cannot change: the request itself was refused.
+_FINAL_ERRORS = {
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "INVALID_PARAMETER_VALUE",
+    "BAD_REQUEST",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+}
+
+
+def _transient(task: object, task_run: object, state: State) -> bool:
+    """Whether a failed MLflow task is worth another try (not a refusal, not input)."""
+    try:
+        state.result()
+    except PipelineError:
+        return False
+    except MlflowException as exc:
+        return exc.error_code not in _FINAL_ERRORS
+    except Exception:  # noqa: BLE001 - lost connections, timeouts, 5xx
+        return True
+    return True
+
+
+# MLflow calls cross the network when tracking goes to a server: retry what can
+# pass (5xx, lost connections), and give up on a call that hangs (MLflow's own
+# HTTP timeout is per request).
 MLFLOW_RETRY = {
     "retries": 3,
+    "retry_condition_fn": _transient,
     "retry_delay_seconds": exponential_backoff(backoff_factor=2),
     "retry_jitter_factor": 0.5,
     "cache_policy": NO_CACHE,
+    "timeout_seconds": 300,
 }
+#: Logging the model uploads its artifacts; large on slow links.
+REGISTER_TIMEOUT = 900
+#: The version tags holding :func:`mnist_pipeline.lineage.training_key` of the
+#: version's training, and of the sweep that found it.
+TRAINING_KEY_TAG = "training_key"
+SWEEP_KEY_TAG = "sweep_key"
+
+
+class ExistingVersion(BaseModel):
+    """A registered version found by its training key."""
+
+    version: str
+    run_id: str | None
+    tags: dict[str, str]
+    url: str | None
 
 
 @task(name="log-params", **MLFLOW_RETRY)
@@ -48,27 +96,55 @@ def log_results(
     tracking.log_files(client, run_id, map(Path, evaluation.plots), "plots/evaluation")
 
 
-@task(name="register", **MLFLOW_RETRY)
+@task(name="find-training", **MLFLOW_RETRY)
+def find_training(
+    model_name: str, key: str, tag: str = TRAINING_KEY_TAG
+) -> ExistingVersion | None:
+    """The registered version that already holds this training (or sweep), if any."""
+    client = tracking.client()
+    try:
+        found = registry.versions_tagged(client, model_name, tag, key)
+    except MlflowException as exc:
+        if registry.is_not_found(exc):  # nothing registered under this name yet
+            return None
+        raise
+    if not found:
+        return None
+    version = found[0]
+    return ExistingVersion(
+        version=str(version.version),
+        run_id=version.run_id,
+        tags=dict(version.tags),
+        url=registry.version_url(client, model_name, str(version.version)),
+    )
+
+
+@task(name="register", **MLFLOW_RETRY | {"timeout_seconds": REGISTER_TIMEOUT})
 def register_model(
     run_id: str,
     trained: TrainedModel,
     ref: DatasetRef,
     model_name: str,
-    test_accuracy: float,
+    scores: Scores,
+    tags: Mapping[str, str],
 ) -> str:
-    """Log the model with its signature and example; register a new version."""
+    """Log the model with its signature; register it as a new @challenger version.
+
+    ``tags`` (lineage, the training key) go on the version beside the dataset's
+    digests and the test scores.
+    """
     example = open_dataset(ref).x_test[:1].reshape(-1, 28, 28)
-    tags = {
-        "run_id": run_id,
+    version_tags = {
         "dataset": ref.name,
         "dataset_digest": ref.digest,
         "test_digest": ref.split_digests["test"],
-        "test_accuracy": f"{test_accuracy:.4f}",
+        **score_tags(scores),
+        **tags,
     }
     _, version = tracking.log_model(
-        run_id, Path(trained.path), model_name, example, tags
+        run_id, Path(trained.path), model_name, example, version_tags
     )
-    tracking.set_challenger(tracking.client(), model_name, version)
+    registry.set_challenger(tracking.client(), model_name, version)
     get_run_logger().info(
         "Registered %s version %s as @challenger", model_name, version
     )

@@ -53,7 +53,7 @@ def train(
     workdir: str,
     checkpoint_key: str,
 ) -> TrainedModel:
-    """Fit the reference CNN, resuming an interrupted fit of the same setup."""
+    """Fit the reference CNN, resuming an interrupted fit of the same training."""
     logger = get_run_logger()
     prepared = PreparedData.load(Path(prepared_path))
     progress = create_progress_artifact(
@@ -67,12 +67,8 @@ def train(
     ]
     folder = Path(workdir) / "checkpoints" / checkpoint_key
     with CheckpointFolder(folder) as checkpoint:
-        if checkpoint.acquired:
-            interrupted_run = checkpoint.previous_owner()
-            checkpoint.claim(run_id)
-            recorder, backup = checkpoint.callbacks()
-            callbacks = [recorder, backup, *callbacks]
-        else:
+        resume = checkpoint.start(run_id) if checkpoint.acquired else None
+        if resume is None:
             logger.warning(
                 "Another run is training this same configuration; this run trains "
                 "without a resumable checkpoint."
@@ -83,20 +79,21 @@ def train(
             batch_size=batch_size,
             learning_rate=learning_rate,
             seed=seed,
-            callbacks=callbacks,
+            callbacks=[*(resume.callbacks if resume else []), *callbacks],
+            initial_epoch=resume.initial_epoch if resume else 0,
         )
-        if checkpoint.acquired:
-            if recorder.resumed_from:
+        if resume is not None:
+            if resume.resumed:
                 logger.info(
                     "Resumed at epoch %d/%d from the checkpoint of run %s",
-                    recorder.resumed_from,
+                    resume.initial_epoch,
                     epochs,
-                    interrupted_run,
+                    resume.interrupted_run,
                 )
                 tracking.record_resume(
-                    client, run_id, recorder.previous, interrupted_run
+                    client, run_id, resume.previous, resume.interrupted_run
                 )
-                history = merge_history(recorder.previous, history)
+                history = merge_history(resume.previous, history)
             checkpoint.clear()
     path = Path(workdir) / "models" / run_id / "model.keras"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,12 @@ from prefect import get_run_logger, task
 
 from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.validate import ValidationReport, validate_dataset
-from tasks.caching import StageCache
+from tasks.caching import StageCache, StageSerializer
 
 
 @task(
     name="validate",
+    result_serializer=StageSerializer(),
     cache_policy=StageCache(
         parts=lambda inputs: {
             "digest": inputs["ref"].digest,

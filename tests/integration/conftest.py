@@ -55,7 +55,7 @@ class Registry:
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory) -> Registry:
     """Train a small but real model once per session and register it."""
-    from mnist_pipeline import tracking
+    from mnist_pipeline import registry, tracking
     from mnist_pipeline.data import load_sample, stratified_subset
     from mnist_pipeline.evaluate import evaluate_model
     from mnist_pipeline.preprocess import preprocess
@@ -78,5 +78,5 @@ def trained_registry(tmp_path_factory) -> Registry:
         tracking.log_model(
             run_id, root / "model.keras", "mnist-cnn", sample.x_test[:1], {}
         )
-    tracking.move_champion(client, "mnist-cnn", "1", by="test", reason="fixture")
+    registry.move_champion(client, "mnist-cnn", "1", by="test", reason="fixture")
     return Registry(uri=uri, root=root, sample=sample, accuracy=accuracy)

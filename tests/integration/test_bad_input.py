@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline import tracking
+from mnist_pipeline import registry, tracking
 from mnist_pipeline.model import build_model
 
 from ..conftest import make_images
@@ -142,7 +142,7 @@ def registry_with_champion(mlflow_store, tmp_path):
         tracking.log_model(
             run_id, tmp_path / "champion.keras", "mnist-cnn", np.zeros((1, 28, 28)), {}
         )
-    tracking.move_champion(client, "mnist-cnn", "1", by="test", reason="fixture")
+    registry.move_champion(client, "mnist-cnn", "1", by="test", reason="fixture")
     return client
 
 
@@ -177,7 +177,7 @@ def test_bad_input_is_one_paragraph_and_changes_nothing(
     assert all(after.get(path) == size for path, size in before.items())
     versions = client.search_model_versions("name='mnist-cnn'")
     assert [str(v.version) for v in versions] == ["1"]
-    assert tracking.alias_version(client, "mnist-cnn", tracking.CHAMPION) == "1"
+    assert registry.alias_version(client, "mnist-cnn", registry.CHAMPION) == "1"
     experiment = client.get_experiment_by_name("mnist")
     (failed,) = client.search_runs(
         [experiment.experiment_id], "attributes.status = 'FAILED'"

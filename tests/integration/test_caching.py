@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -54,6 +57,7 @@ def test_rerun_skips_data_stages_until_the_source_changes(
         test_limit=100,
         workdir=str(workdir),
         experiment="caching",
+        retrain=True,  # train every time: this test is about the data stages
     )
     cached = dict.fromkeys(DATA_STAGES, "Cached")
     completed = dict.fromkeys(DATA_STAGES, "Completed")
@@ -73,3 +77,63 @@ def test_rerun_skips_data_stages_until_the_source_changes(
     # The same path with new content: nothing stale is reused.
     write_source(source, shift=1)
     assert run_flow(config) == completed
+
+
+class _Payload:
+    """Touches a file when unpickled: proof that a cache file ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _tamper(record: Path, marker: Path, how: str) -> None:
+    """Rewrite a cache record so that reading it the Prefect way would run code."""
+    blob = pickle.dumps(_Payload(marker))
+    if how == "raw pickle":  # not JSON: Prefect would unpickle it as is
+        record.write_bytes(blob)
+        return
+    envelope = json.loads(record.read_bytes())
+    serializer = {
+        "pickle": {"type": "pickle", "picklelib": "pickle"},
+        "json via pickle": {"type": "json", "jsonlib": "pickle"},
+    }[how]
+    envelope["metadata"]["serializer"] = serializer
+    envelope["result"] = (base64.encodebytes(blob) if how == "pickle" else blob).decode(
+        "latin-1"
+    )
+    record.write_text(json.dumps(envelope))
+
+
+def test_a_tampered_cache_file_never_runs_code(prefect_api_url, mlflow_store, tmp_path):
+    workdir = tmp_path / "outputs"
+    config = TrainConfig(
+        data="sample",
+        epochs=1,
+        train_limit=300,
+        test_limit=100,
+        workdir=str(workdir),
+        experiment="tamper",
+        retrain=True,
+    )
+    assert run_flow(config) == dict.fromkeys(DATA_STAGES, "Completed")
+    records = sorted((workdir / "cache").iterdir())
+    assert len(records) == len(DATA_STAGES)
+    for record in records:  # what is stored is data: JSON of known types
+        envelope = json.loads(record.read_bytes())
+        assert envelope["metadata"]["serializer"] == {"type": "mnist-stage-json"}
+    marker = tmp_path / "code-ran"
+    for record, how in zip(
+        records, ["pickle", "json via pickle", "raw pickle", "pickle"], strict=True
+    ):
+        _tamper(record, marker, how)
+
+    # Every stage refuses its record and runs again; nothing was unpickled.
+    assert run_flow(config) == dict.fromkeys(DATA_STAGES, "Completed")
+    assert not marker.exists()
+    for record in sorted((workdir / "cache").iterdir()):
+        envelope = json.loads(record.read_bytes())
+        assert envelope["metadata"]["serializer"] == {"type": "mnist-stage-json"}
+    assert run_flow(config) == dict.fromkeys(DATA_STAGES, "Cached")

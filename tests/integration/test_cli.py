@@ -32,7 +32,7 @@ def test_default_entry_point_trains_and_ends_with_the_result(tmp_path):
     assert output.count("Starting temporary server") == 1
     assert "retracing" not in output
     verdict, *last = result.stdout.strip().splitlines()[-3:]
-    assert verdict.startswith("Promotion gate: kept as @challenger (test accuracy")
+    assert verdict.startswith("Promotion gate: kept as @challenger: test accuracy")
     assert last[0].startswith("MLflow run id: ")
     assert last[1] == "Registered model: mnist-cnn version 1"
     assert (tmp_path / "mlflow.db").is_file()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from mnist_pipeline import tracking
+from mnist_pipeline import registry, tracking
 
 from .conftest import run_cli
 from .servers import clean_environment, free_port
@@ -155,9 +155,10 @@ def test_unreachable_tracking_server_fails_fast_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_two_runs_at_once_share_one_registry(tmp_path):
+def test_two_identical_runs_at_once_train_once(tmp_path):
     # The CLI's embedded defaults for both: one SQLite MLflow store, one Prefect
-    # home (each process starts a temporary server on the same database).
+    # home (each process starts a temporary server on the same database), one
+    # work folder. A manual run beside the nightly, say.
     env = {
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -192,13 +193,22 @@ def test_two_runs_at_once_share_one_registry(tmp_path):
         assert "database is locked" not in out + err
         assert "Traceback" not in out + err
 
+    # One trained and registered; the other waited for it, then found its
+    # version: nothing trained, nothing registered, no MLflow run of its own.
+    skipped = [
+        out for out, _ in outputs if "Already trained: mnist-cnn version 1" in out
+    ]
+    trained = [
+        out for out, _ in outputs if "Registered model: mnist-cnn version 1" in out
+    ]
+    assert len(skipped) == 1 and len(trained) == 1, outputs
     client = tracking.connect(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("mnist")
     runs = client.search_runs([experiment.experiment_id])
-    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    assert [r.info.status for r in runs] == ["FINISHED"]
     versions = client.search_model_versions("name='mnist-cnn'")
-    assert sorted(str(v.version) for v in versions) == ["1", "2"]
-    assert {v.run_id for v in versions} == {r.info.run_id for r in runs}
-    champion = tracking.alias_version(client, "mnist-cnn", tracking.CHAMPION)
-    tags = client.get_model_version("mnist-cnn", champion).tags
+    assert [str(v.version) for v in versions] == ["1"]
+    assert versions[0].run_id == runs[0].info.run_id
+    assert registry.alias_version(client, "mnist-cnn", registry.CHAMPION) == "1"
+    tags = client.get_model_version("mnist-cnn", "1").tags
     assert tags["gate.decision"] == "promoted"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import mlflow
 from prefect.client.orchestration import get_client
 
 from flows.training import mnist_training
-from mnist_pipeline import tracking
+from mnist_pipeline import registry, tracking
 
 from .test_flow import small_config
 
@@ -29,28 +30,60 @@ def test_first_passing_model_is_promoted_then_a_failing_one_is_not(
     lenient = small_config(tmp_path, min_accuracy=0.0, min_robust_accuracy=0.0)
     first = mnist_training(lenient)
     assert first.promoted
+    assert first.verdict == "promoted to @champion (first champion; every check passed)"
     client = tracking.connect()
-    assert tracking.alias_version(client, "mnist-cnn", tracking.CHAMPION) == "1"
-    tags = client.get_model_version("mnist-cnn", "1").tags
+    assert registry.alias_version(client, "mnist-cnn", registry.CHAMPION) == "1"
+    version = client.get_model_version("mnist-cnn", "1")
+    tags = version.tags
     assert tags["gate.decision"] == "promoted"
     assert tags["gate.compared_with"] == "none"
-    assert float(tags["gate.figure.serving_agreement"]) == 1.0
-    assert tags["gate.serving_smoke_test"].startswith("pass")
+    assert tags["test_correct"].endswith("/200")
+    assert version.description.startswith("Trained on mnist-sample-subset400+200")
+    assert "Gate: promoted to @champion" in version.description
+    decision = mlflow.artifacts.load_dict(f"runs:/{first.run_id}/gate/decision.json")
+    assert decision["promote"] and decision["compared_with"] is None
+    assert {c["name"] for c in decision["checks"]} == {
+        "accuracy_floor",
+        "robustness",
+        "serving_smoke_test",
+    }
+    run = client.get_run(first.run_id)
+    assert run.data.metrics["gate_serving_max_difference"] <= 1e-4
 
-    strict = small_config(tmp_path, min_accuracy=1.0, min_robust_accuracy=0.0)
+    # Another seed (another training), held to an impossible floor.
+    strict = small_config(tmp_path, seed=1, min_accuracy=1.0, min_robust_accuracy=0.0)
     second = mnist_training(strict)
-    assert not second.promoted
-    assert tracking.alias_version(client, "mnist-cnn", tracking.CHAMPION) == "1"
-    assert tracking.alias_version(client, "mnist-cnn", tracking.CHALLENGER) == "2"
+    assert not second.promoted and not second.skipped
+    assert registry.alias_version(client, "mnist-cnn", registry.CHAMPION) == "1"
+    assert registry.alias_version(client, "mnist-cnn", registry.CHALLENGER) == "2"
     tags = client.get_model_version("mnist-cnn", "2").tags
     assert tags["gate.decision"] == "rejected"
     assert tags["gate.compared_with"] == "v1"
-    assert "required 1.0000" in tags["gate.reasons"]
-    # The champion was scored on this run's test split, the same one.
-    assert "gate.figure.champion_accuracy" in tags
+    assert "required 1.0000" in tags["gate.reason"]
+    # Same data: the champion's recorded scores on the same test split were used.
+    assert tags["gate.test_split"].startswith("same test split as v1")
     run = client.get_run(second.run_id)
     assert run.data.tags["gate.decision"] == "rejected"
     assert "gate_champion_accuracy" in run.data.metrics
 
     markdown = asyncio.run(_gate_artifact(run.data.tags["prefect.flow_run_id"]))
     assert "**rejected**" in markdown and "| accuracy_floor | **FAIL**" in markdown
+    assert "Test split: same test split as v1" in markdown
+
+
+def test_a_champion_tested_on_other_images_is_scored_again(
+    prefect_api_url, mlflow_store, tmp_path
+):
+    lenient = {"min_accuracy": 0.0, "min_robust_accuracy": 0.0}
+    mnist_training(small_config(tmp_path, **lenient))
+    other = mnist_training(small_config(tmp_path, test_limit=100, **lenient))
+    client = tracking.connect()
+    tags = client.get_model_version("mnist-cnn", other.version).tags
+    assert tags["gate.compared_with"] == "v1"
+    lineage = tags["gate.test_split"]
+    assert lineage.startswith("v1 was tested on ")
+    assert "re-scored on this run's test split" in lineage
+    run = client.get_run(other.run_id)
+    figures = run.data.metrics
+    # Scored again on 100 images: a multiple of 1/100, not v1's /200 figure.
+    assert round(figures["gate_champion_accuracy"] * 100, 6).is_integer()

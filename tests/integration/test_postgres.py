@@ -25,11 +25,10 @@ from flows.training import mnist_training
 from mnist_pipeline import tracking
 
 from .servers import (
-    BIN,
     background,
     clean_environment,
     free_port,
-    responds,
+    mlflow_server,
     run,
     wait_for,
 )
@@ -93,7 +92,7 @@ def backend() -> Iterator[Backend]:
             env=env,
             user=user,
         )
-        port, mlflow_port = free_port(), free_port()
+        port = free_port()
         server = f"postgresql://{DATABASE}@127.0.0.1:{port}"
         dsn, admin_dsn = f"{server}/{DATABASE}", f"{server}/postgres"
         with ExitStack() as stack:
@@ -126,30 +125,14 @@ def backend() -> Iterator[Backend]:
                 cursor.execute(f"CREATE DATABASE {DATABASE}")
             admin.close()
 
-            mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
-            mlflow_log = root / "mlflow.log"
-            mlflow = stack.enter_context(
-                background(
-                    [BIN / "mlflow", "server", "--host", "127.0.0.1"]
-                    + ["--port", str(mlflow_port), "--workers", "1"]
+            mlflow_uri = stack.enter_context(
+                mlflow_server(
+                    root,
                     # SQLAlchemy 2.1's plain postgresql:// means psycopg 3.
-                    + [
-                        "--backend-store-uri",
-                        dsn.replace("postgresql", "postgresql+psycopg2"),
-                    ]
-                    + ["--artifacts-destination", root / "artifacts"],
-                    cwd=root,
-                    env=clean_environment(MLFLOW_DISABLE_TELEMETRY="true"),
-                    log=mlflow_log,
-                    grace=5,
+                    backend=dsn.replace("postgresql", "postgresql+psycopg2"),
+                    artifacts=root / "artifacts",
+                    timeout=START_S,
                 )
-            )
-            wait_for(
-                lambda: responds(f"{mlflow_uri}/health"),
-                timeout=START_S,
-                what="mlflow server",
-                process=mlflow,
-                log=mlflow_log,
             )
             yield Backend(dsn, mlflow_uri, root / "artifacts")
     finally:

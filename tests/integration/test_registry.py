@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from mlflow.exceptions import MlflowException
 
-from mnist_pipeline import tracking
+from mnist_pipeline import registry, tracking
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.model import build_model
 
@@ -26,40 +27,58 @@ def three_versions(mlflow_store, tmp_path):
 
 
 def champion(client) -> str | None:
-    return tracking.alias_version(client, "mnist-cnn", tracking.CHAMPION)
+    return registry.alias_version(client, "mnist-cnn", registry.CHAMPION)
 
 
 def test_champion_moves_and_rolls_back_with_audit_tags(three_versions):
     client = three_versions
     assert champion(client) is None
     assert (
-        tracking.move_champion(client, "mnist-cnn", "1", by="gate", reason="r1") is None
+        registry.move_champion(client, "mnist-cnn", "1", by="gate", reason="r1") is None
     )
     assert (
-        tracking.move_champion(client, "mnist-cnn", "3", by="gate", reason="r3") == "1"
+        registry.move_champion(client, "mnist-cnn", "3", by="gate", reason="r3") == "1"
     )
     assert champion(client) == "3"
     tags = client.get_model_version("mnist-cnn", "3").tags
     assert tags["champion.previous"] == "1"
     assert tags["champion.promoted_by"] == "gate"
 
-    assert tracking.rollback_champion(client, "mnist-cnn", by="operator") == ("3", "1")
+    assert registry.rollback_champion(client, "mnist-cnn", by="operator") == ("3", "1")
     assert champion(client) == "1"
     assert client.get_model_version("mnist-cnn", "3").tags["champion.rolled_back_by"]
     change = client.get_registered_model("mnist-cnn").tags["champion.last_change"]
     assert "rollback v3 -> v1" in change
 
     with pytest.raises(RegistryError, match="replaced no earlier champion"):
-        tracking.rollback_champion(client, "mnist-cnn", by="operator")
+        registry.rollback_champion(client, "mnist-cnn", by="operator")
     assert champion(client) == "1"  # a refused rollback leaves the champion
+
+
+def test_only_an_unset_alias_means_no_version(three_versions):
+    client = three_versions
+    assert registry.alias_version(client, "mnist-cnn", "champion") is None
+    with pytest.raises(MlflowException) as missing:
+        registry.alias_version(client, "no-such-model", "champion")
+    assert registry.is_not_found(missing.value)
+
+
+def test_rollback_to_a_deleted_version_is_refused_and_changes_nothing(three_versions):
+    client = three_versions
+    registry.move_champion(client, "mnist-cnn", "1", by="gate", reason="first")
+    registry.move_champion(client, "mnist-cnn", "2", by="gate", reason="second")
+    client.delete_model_version("mnist-cnn", "1")
+    with pytest.raises(RegistryError, match="v1, which no longer exists"):
+        registry.rollback_champion(client, "mnist-cnn", by="operator")
+    assert champion(client) == "2"
 
 
 def test_challenger_alias_and_missing_versions(three_versions):
     client = three_versions
-    tracking.set_challenger(client, "mnist-cnn", "2")
-    assert tracking.alias_version(client, "mnist-cnn", tracking.CHALLENGER) == "2"
+    registry.set_challenger(client, "mnist-cnn", "2")
+    assert registry.alias_version(client, "mnist-cnn", registry.CHALLENGER) == "2"
     with pytest.raises(RegistryError, match="no version 9"):
-        tracking.check_version(client, "mnist-cnn", "9")
+        registry.check_version(client, "mnist-cnn", "9")
     assert tracking.resolve_model_uri(client, "models:/mnist-cnn@challenger") == (
         "mnist-cnn",
         "2",
@@ -73,7 +92,7 @@ def test_operator_commands_promote_and_roll_back(
 ):
     env = {"MLFLOW_TRACKING_URI": mlflow_store, "PREFECT_API_URL": prefect_api_url}
     client = three_versions
-    tracking.move_champion(client, "mnist-cnn", "1", by="gate", reason="first")
+    registry.move_champion(client, "mnist-cnn", "1", by="gate", reason="first")
 
     promoted = run_cli(
         "promote", "--version", "2", "--reason", "hotfix", cwd=tmp_path, env=env

@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.sweep import mnist_sweep
-from mnist_pipeline import tracking
+from mnist_pipeline import registry, tracking
 from mnist_pipeline.config import SweepConfig, SweepGrid, TrainConfig
 from mnist_pipeline.errors import SweepError
 from mnist_pipeline.sweep import max_concurrency
@@ -163,7 +163,7 @@ def test_a_failing_trial_is_reported_and_the_others_go_on(
     assert result.best_trial == 0 and result.promoted
     (version,) = client.search_model_versions("name='mnist-cnn'")
     assert version.run_id == children[0].info.run_id
-    assert tracking.alias_version(client, "mnist-cnn", tracking.CHAMPION) == "1"
+    assert registry.alias_version(client, "mnist-cnn", registry.CHAMPION) == "1"
     parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["failed_trials"] == 1

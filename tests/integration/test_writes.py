@@ -24,7 +24,12 @@ def test_run_writes_only_to_configured_folders(tmp_path, monkeypatch, prefect_ap
 
     assert (data.stat().st_mtime_ns, data.read_bytes()) == before
     assert sorted(p.name for p in inputs.iterdir()) == ["digits.npz"]
-    assert sorted(p.name for p in store.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
+    # Beside the store: its creation lock and the model's promotion lock.
+    assert sorted(p.name for p in store.iterdir()) == [
+        "mlflow.db",
+        "mlflow.db.lock",
+        "mlflow.db.mnist-promotion-mnist-cnn.lock",
+    ]
     assert sorted(p.name for p in cwd.iterdir()) == ["mlruns"]  # MLflow's artifact root
     assert sorted(p.name for p in work.iterdir()) == [
         "cache",

@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
+import pytest
 
 from mnist_pipeline.checkpoint import (
     CheckpointFolder,
-    EpochHistory,
     load_history,
     merge_history,
-    training_key,
 )
 from mnist_pipeline.preprocess import preprocess
 from mnist_pipeline.train import train_model
 
 
-def test_training_key_depends_on_params_and_data():
-    params = {"epochs": 10, "seed": 0}
-    assert training_key(params, "abc") == training_key(dict(params), "abc")
-    assert training_key(params, "abc") != training_key(params, "abd")
-    assert training_key(params, "abc") != training_key({"epochs": 11, "seed": 0}, "abc")
-
-
-def test_history_is_truncated_to_where_the_fit_resumed(tmp_path):
-    path = tmp_path / "history.json"
-    recorder = EpochHistory(path)
-    for epoch in range(3):
-        recorder.on_epoch_begin(epoch)
-        recorder.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
-    assert [e["epoch"] for e in load_history(path)] == [1, 2, 3]
-    resumed = EpochHistory(path)
-    resumed.on_epoch_begin(2)  # the backup held 2 finished epochs
-    assert resumed.resumed_from == 2
-    assert [e["epoch"] for e in resumed.previous] == [1, 2]
-    resumed.on_epoch_end(2, {"loss": 0.3})
-    assert [e["loss"] for e in load_history(path)] == [1.0, 0.5, 0.3]
+def test_history_is_cut_to_the_backed_up_epochs(tmp_path):
+    folder = tmp_path / "ck"
+    with CheckpointFolder(folder) as checkpoint:
+        recorder = checkpoint.start("run-1").callbacks[0]
+        for epoch in range(3):
+            recorder.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
+    assert [e["epoch"] for e in load_history(folder / "history.json")] == [1, 2, 3]
+    # The backup kept 2 epochs (the third record came after the last backup).
+    (folder / "backup").mkdir()
+    (folder / "backup" / "training_metadata.json").write_text('{"epoch": 2}')
+    with CheckpointFolder(folder) as checkpoint:
+        resume = checkpoint.start("run-2")
+    assert resume.initial_epoch == 2 and resume.resumed
+    assert resume.interrupted_run == "run-1"
+    assert [e["loss"] for e in resume.previous] == [1.0, 0.5]
+    assert [e["epoch"] for e in load_history(folder / "history.json")] == [1, 2]
 
 
 def test_merge_history():
@@ -52,45 +48,47 @@ def test_only_one_holder_of_a_folder(tmp_path):
         assert again.previous_owner() == "run-1"
 
 
-class _StopAfter:
+class _StopAfter(keras.callbacks.Callback):
     """Raises after ``n`` epochs, like a process dying mid-training."""
 
     def __init__(self, n: int) -> None:
-        import keras
+        super().__init__()
+        self.n = n
 
-        class Stop(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if epoch + 1 == n:
-                    raise KeyboardInterrupt
-
-        self.callback = Stop()
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.n:
+            raise KeyboardInterrupt
 
 
-def test_interrupted_fit_resumes_from_the_last_epoch(tmp_path, tiny_dataset):
+def _fit(prepared, folder, extra=()):
+    """Train 4 epochs with a checkpoint in ``folder``, as the train task does."""
+    with CheckpointFolder(folder) as checkpoint:
+        resume = checkpoint.start("run")
+        model, history = train_model(
+            prepared,
+            epochs=4,
+            batch_size=16,
+            learning_rate=0.01,
+            seed=0,
+            callbacks=[*resume.callbacks, *extra],
+            initial_epoch=resume.initial_epoch,
+        )
+        return model, merge_history(resume.previous, history), resume
+
+
+def test_a_resumed_fit_is_the_uninterrupted_one(tmp_path, tiny_dataset):
     prepared = preprocess(tiny_dataset, 0.2, seed=0)
-    settings = {"epochs": 4, "batch_size": 16, "learning_rate": 0.01, "seed": 0}
-    with CheckpointFolder(tmp_path / "ck") as checkpoint:
-        recorder, backup = checkpoint.callbacks()
-        try:
-            train_model(
-                prepared,
-                **settings,
-                callbacks=[recorder, backup, _StopAfter(2).callback],
-            )
-        except KeyboardInterrupt:
-            pass
-    assert [e["epoch"] for e in load_history(tmp_path / "ck" / "history.json")] == [
-        1,
-        2,
-    ]
+    straight, straight_history, _ = _fit(prepared, tmp_path / "straight")
 
-    with CheckpointFolder(tmp_path / "ck") as checkpoint:
-        recorder, backup = checkpoint.callbacks()
-        _, history = train_model(prepared, **settings, callbacks=[recorder, backup])
-        assert recorder.resumed_from == 2
-        assert len(history["loss"]) == 2  # only epochs 3 and 4 ran
-        merged = merge_history(recorder.previous, history)
-        assert len(merged["loss"]) == 4
-        assert np.isfinite(merged["val_loss"]).all()
-        checkpoint.clear()
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["lock"]
+    with pytest.raises(KeyboardInterrupt):
+        _fit(prepared, tmp_path / "killed", [_StopAfter(2)])
+    resumed, history, resume = _fit(prepared, tmp_path / "killed")
+    assert resume.initial_epoch == 2
+
+    # Same batches in the same order, same optimizer and dropout state: the same
+    # per-epoch metrics and the same final weights (float tolerance only).
+    assert sorted(history) == sorted(straight_history)
+    for name, values in straight_history.items():
+        np.testing.assert_allclose(history[name], values, rtol=1e-5, err_msg=name)
+    for mine, theirs in zip(resumed.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)

@@ -2,33 +2,46 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from mnist_pipeline.gate import (
+    CandidateChecks,
     Scores,
     Thresholds,
+    check_candidate,
     decide,
     default_min_accuracy,
     perturbations,
+    recorded_scores,
+    score_tags,
+    scores,
     shift,
 )
 
+from ..conftest import make_images
+
 THRESHOLDS = Thresholds(
     min_accuracy=0.94,
-    max_accuracy_drop=0.002,
+    min_accuracy_gain=0.0,
     max_recall_drop=0.02,
     min_robust_accuracy=0.8,
 )
-ROBUST = {"shift_left": 0.9, "shift_right": 0.92, "noise": 0.97}
+CHECKS = CandidateChecks(
+    robust_accuracy={"shift_left": 0.9, "shift_right": 0.92, "noise": 0.97},
+    serving_difference=1e-7,
+    serving_agreement=1.0,
+)
 
 
 def names_failed(decision) -> list[str]:
     return [c.name for c in decision.checks if not c.passed]
 
 
-def test_first_model_is_promoted_on_floor_and_robustness():
-    decision = decide(Scores(0.96, 0.9), None, ROBUST, 1.0, THRESHOLDS)
+def test_first_model_is_promoted_on_floor_robustness_and_serving():
+    decision = decide(Scores(960, 1000, 0.9), CHECKS, None, THRESHOLDS)
     assert decision.promote
     assert {c.name for c in decision.checks} == {
         "accuracy_floor",
@@ -40,58 +53,116 @@ def test_first_model_is_promoted_on_floor_and_robustness():
 
 
 def test_first_model_below_the_floor_is_rejected():
-    decision = decide(Scores(0.93, 0.9), None, ROBUST, 1.0, THRESHOLDS)
+    decision = decide(Scores(930, 1000, 0.9), CHECKS, None, THRESHOLDS)
     assert not decision.promote
     assert names_failed(decision) == ["accuracy_floor"]
     assert decision.reasons == ["test accuracy 0.9300 < required 0.9400"]
 
 
-def test_better_candidate_is_promoted():
-    decision = decide(Scores(0.975, 0.93), Scores(0.97, 0.92), ROBUST, 1.0, THRESHOLDS)
-    assert decision.promote
-    assert decision.figures["champion_accuracy"] == 0.97
-
-
-def test_equal_within_tolerance_is_promoted():
+def test_one_more_image_right_is_better():
     decision = decide(
-        Scores(0.9685, 0.91), Scores(0.970, 0.92), ROBUST, 1.0, THRESHOLDS
+        Scores(973, 1000, 0.92), CHECKS, Scores(972, 1000, 0.92), THRESHOLDS
     )
-    assert decision.promote  # 0.0015 below, tolerance 0.002; recall 0.01 below of 0.02
+    assert decision.promote
+    assert decision.figures["champion_accuracy"] == 0.972
 
 
-def test_worse_candidate_is_rejected_with_the_compared_figures():
-    decision = decide(Scores(0.965, 0.92), Scores(0.970, 0.92), ROBUST, 1.0, THRESHOLDS)
+def test_an_equal_candidate_leaves_the_champion():
+    decision = decide(
+        Scores(972, 1000, 0.95), CHECKS, Scores(972, 1000, 0.92), THRESHOLDS
+    )
     assert not decision.promote
-    assert names_failed(decision) == ["no_accuracy_regression"]
-    (reason,) = decision.reasons
-    assert reason == (
-        "test accuracy 0.9650 < required 0.9680 "
-        "(champion's 0.9700 - allowed drop 0.0020)"
+    assert names_failed(decision) == ["better_than_champion"]
+    assert decision.reasons == [
+        "test accuracy 0.9720 (972/1000) <= champion's 0.9720 (972/1000)"
+    ]
+
+
+def test_a_slightly_worse_candidate_is_rejected():
+    decision = decide(
+        Scores(971, 1000, 0.95), CHECKS, Scores(972, 1000, 0.92), THRESHOLDS
     )
+    assert names_failed(decision) == ["better_than_champion"]
+
+
+def test_the_margin_asks_for_more_than_one_image():
+    margin = replace(THRESHOLDS, min_accuracy_gain=0.002)
+    champion = Scores(970, 1000, 0.92)
+    assert not decide(Scores(972, 1000, 0.92), CHECKS, champion, margin).promote
+    better = decide(Scores(973, 1000, 0.92), CHECKS, champion, margin)
+    assert better.promote
+    (check,) = [c for c in better.checks if c.name == "better_than_champion"]
+    assert check.detail.endswith("+ required gain 0.0020")
+
+
+def test_scores_on_different_splits_are_not_compared():
+    with pytest.raises(ValueError, match="not the same split"):
+        decide(Scores(973, 1000, 0.9), CHECKS, Scores(9700, 10000, 0.9), THRESHOLDS)
 
 
 def test_worst_class_recall_regression_is_rejected():
-    decision = decide(Scores(0.975, 0.85), Scores(0.970, 0.90), ROBUST, 1.0, THRESHOLDS)
+    decision = decide(
+        Scores(975, 1000, 0.85), CHECKS, Scores(970, 1000, 0.90), THRESHOLDS
+    )
     assert names_failed(decision) == ["no_recall_regression"]
 
 
 def test_failing_robustness_is_rejected():
-    fragile = {"shift_left": 0.6, "shift_right": 0.7, "noise": 0.95}
-    decision = decide(Scores(0.98, 0.95), None, fragile, 1.0, THRESHOLDS)
+    fragile = replace(CHECKS, robust_accuracy={"shift_left": 0.6, "noise": 0.95})
+    decision = decide(Scores(980, 1000, 0.95), fragile, None, THRESHOLDS)
     assert names_failed(decision) == ["robustness"]
     assert decision.figures["robust_shift_left"] == 0.6
 
 
-def test_serving_disagreement_is_rejected():
-    decision = decide(Scores(0.98, 0.95), None, ROBUST, 0.999, THRESHOLDS)
+def test_a_served_model_that_differs_is_rejected():
+    wrong = replace(CHECKS, serving_difference=0.2, serving_agreement=0.999)
+    decision = decide(Scores(980, 1000, 0.95), wrong, None, THRESHOLDS)
     assert names_failed(decision) == ["serving_smoke_test"]
+    assert decision.figures["serving_max_difference"] == 0.2
 
 
 def test_all_failures_are_reported_together():
-    decision = decide(
-        Scores(0.5, 0.1), Scores(0.97, 0.9), {"noise": 0.4}, 0.5, THRESHOLDS
-    )
+    bad = CandidateChecks({"noise": 0.4}, serving_difference=0.5, serving_agreement=0.5)
+    decision = decide(Scores(500, 1000, 0.1), bad, Scores(970, 1000, 0.9), THRESHOLDS)
     assert len(decision.reasons) == 5
+
+
+def test_check_candidate_scores_perturbations_and_the_served_copy():
+    images, labels = make_images(30, seed=3)
+
+    def bars(x):  # "predicts" the class from the rows of the bright bar
+        bright = x.astype(float).mean(axis=2) > 100
+        centre = (bright * np.arange(28)).sum(axis=1) / bright.sum(axis=1)
+        classes = np.clip(np.rint((centre - 3) / 2), 0, 9).astype(int)
+        return np.eye(10, dtype=np.float32)[classes]
+
+    exact = check_candidate(bars, bars, images, labels, seed=0)
+    assert exact.serving_difference == 0.0 and exact.serving_agreement == 1.0
+    assert set(exact.robust_accuracy) == {
+        "shift_left",
+        "shift_right",
+        "shift_up",
+        "shift_down",
+        "noise",
+    }
+    assert exact.robust_accuracy["shift_left"] == 1.0  # the bar stays in its rows
+    assert exact.robust_accuracy["shift_down"] < 0.5  # rows do
+    flipped = check_candidate(bars, lambda x: bars(x)[:, ::-1], images, labels, 0)
+    assert flipped.serving_difference == 1.0 and flipped.serving_agreement < 0.2
+
+
+def test_scores_count_right_images_and_the_worst_class():
+    probabilities = np.eye(3, dtype=np.float32)[[0, 1, 2, 2, 1]]
+    result = scores(probabilities, np.array([0, 1, 2, 1, 1]))
+    assert (result.correct, result.total) == (4, 5)
+    assert result.min_class_recall == pytest.approx(2 / 3)
+
+
+def test_recorded_scores_only_count_on_the_same_test_split():
+    tags = score_tags(Scores(972, 1000, 0.93)) | {"test_digest": "abc"}
+    assert recorded_scores(tags, "abc") == Scores(972, 1000, 0.93)
+    assert recorded_scores(tags, "xyz") is None
+    assert recorded_scores({"test_digest": "abc"}, "abc") is None  # older version
 
 
 def test_default_floor_depends_on_the_dataset():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -11,6 +14,8 @@ from mnist_pipeline.data import save_dataset
 from mnist_pipeline.model import build_model
 from mnist_pipeline.preprocess import scale_images
 from mnist_pipeline.serving import as_model_input
+
+from ..conftest import loopback_server
 
 
 @pytest.fixture
@@ -143,3 +148,52 @@ def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
     )
     for uri in ("sqlite:////abs/m.db", "http://127.0.0.1:5000", "postgresql://h/db"):
         assert tracking.portable_uri(uri) == uri
+
+
+def test_credentials_in_the_tracking_uri_do_not_hide_the_server():
+    seen = []
+
+    class LoginRequired(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Host")))
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with loopback_server(LoginRequired) as url:
+        port = url.rsplit(":", 1)[1]
+        tracking.check_reachable(f"http://admin:s3cret@127.0.0.1:{port}/", attempts=1)
+    assert seen == [("/health", f"127.0.0.1:{port}")]
+
+
+def test_a_run_never_opened_leaves_nothing_and_a_failure_always_a_run(mlflow_store):
+    client = tracking.connect()
+    experiment = tracking.ensure_experiment(client, "lazy")
+    with tracking.recorded_run(client, experiment, "skipped", {}) as run:
+        pass  # found its work done: never opened
+    assert run.run_id is None
+    assert client.search_runs([experiment]) == []
+    with pytest.raises(ValueError):
+        with tracking.recorded_run(client, experiment, "bad input", {"k": "v"}):
+            raise ValueError("no such file")  # before anything opened the run
+    (failed,) = client.search_runs([experiment])
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["failure_reason"] == "ValueError: no such file"
+    assert failed.data.tags["k"] == "v"
+
+
+def test_the_served_model_carries_every_module_it_imports(tmp_path):
+    import ast
+
+    package = tracking.serving_code(tmp_path)
+    shipped = {p.stem for p in package.glob("*.py")}
+    assert shipped == set(tracking.SERVED_MODULES)
+    for name in ("serving_model", *tracking.SERVED_MODULES):
+        source = Path(tracking.__file__).with_name(f"{name}.py").read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split(".")
+                if parts[0] == "mnist_pipeline" and len(parts) > 1:
+                    assert parts[1] in shipped, f"{name}.py imports {node.module}"

@@ -1,0 +1,220 @@
+"""The model registry: aliases and their audit trail, versions found by tag.
+
+Decisions read the registry here, and every read fails closed: only "the alias is
+not set" means "no champion". Any other error (a 5xx, a 403, a connection that
+failed after MLflow's retries, a registered model that does not exist) is raised,
+so it fails the decision instead of becoming one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
+
+from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.redact import redact_url
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+_NOT_FOUND = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+_INVALID = ErrorCode.Name(INVALID_PARAMETER_VALUE)
+
+
+class ChampionMovedError(RegistryError):
+    """``@champion`` changed between the gate's comparison and the alias move."""
+
+    def __init__(self, expected: str | None, found: str | None) -> None:
+        self.expected, self.found = expected, found
+        super().__init__(
+            f"@champion moved from {_label(expected)} to {_label(found)} while "
+            "the candidate was being compared."
+        )
+
+
+def is_not_found(exc: MlflowException) -> bool:
+    """Whether MLflow answered "resource does not exist" (and nothing else)."""
+    return exc.error_code == _NOT_FOUND
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version ``alias`` points to; None only when the alias is not set.
+
+    Raises:
+        MlflowException: the registry could not answer, or has no model ``name``.
+    """
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if _alias_not_set(exc, alias):
+            return None
+        raise
+
+
+def _alias_not_set(exc: MlflowException, alias: str) -> bool:
+    # MLflow's one answer for an unset alias, from its SQL store and over REST:
+    # 400 INVALID_PARAMETER_VALUE "Registered model alias <alias> not found."
+    # tests/integration/test_registry.py pins it against a real store.
+    return exc.error_code == _INVALID and f"alias {alias} not found" in exc.message
+
+
+def set_challenger(client: MlflowClient, name: str, version: str) -> None:
+    """Point ``@challenger`` at the newest candidate."""
+    client.set_registered_model_alias(name, CHALLENGER, version)
+
+
+def versions_tagged(
+    client: MlflowClient, name: str, key: str, value: str
+) -> list[ModelVersion]:
+    """Versions of ``name`` whose tag ``key`` is ``value``, oldest first.
+
+    ``value`` must be a digest or id (letters, digits, ``-``): it is not quoted.
+    """
+    if not value.replace("-", "").isalnum():
+        raise ValueError(f"not a digest: {value!r}")
+    found = client.search_model_versions(f"tags.`{key}` = '{value}'")
+    return sorted((v for v in found if v.name == name), key=lambda v: int(v.version))
+
+
+def set_version_tags(
+    client: MlflowClient, name: str, version: str, tags: Mapping[str, str]
+) -> None:
+    """Write tags on a model version."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def move_champion(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    *,
+    by: str,
+    reason: str,
+    expected: str | None = None,
+    check_expected: bool = False,
+) -> str | None:
+    """Make ``version`` the champion in one alias update; return the previous one.
+
+    The champion is read again right before the move; with ``check_expected``
+    a champion other than ``expected`` raises :class:`ChampionMovedError` instead
+    of being replaced. The audit tags are written first, then the alias moves
+    in a single call, so a crash at any point leaves the registry with a champion.
+    """
+    previous = alias_version(client, name, CHAMPION)
+    if check_expected and previous != expected:
+        raise ChampionMovedError(expected, previous)
+    now = _now()
+    set_version_tags(
+        client,
+        name,
+        version,
+        {
+            "champion.previous": previous or "",
+            "champion.promoted_at": now,
+            "champion.promoted_by": by,
+        },
+    )
+    client.set_registered_model_alias(name, CHAMPION, version)
+    _record_change(client, name, f"{now} {by}: v{previous} -> v{version} ({reason})")
+    return previous
+
+
+def rollback_champion(client: MlflowClient, name: str, *, by: str) -> tuple[str, str]:
+    """Move ``@champion`` back to the version it replaced.
+
+    Returns:
+        ``(from_version, to_version)``.
+
+    Raises:
+        RegistryError: no champion, it replaced nothing, or that version is gone.
+    """
+    current = alias_version(client, name, CHAMPION)
+    if current is None:
+        raise RegistryError(f"Model '{name}' has no @champion to roll back.")
+    previous = client.get_model_version(name, current).tags.get("champion.previous")
+    if not previous:
+        raise RegistryError(
+            f"Model '{name}' @champion is version {current}, which replaced no earlier "
+            "champion; promote a version explicitly with --version instead."
+        )
+    try:
+        client.get_model_version(name, previous)
+    except MlflowException as exc:
+        if not is_not_found(exc):
+            raise
+        raise RegistryError(
+            f"Model '{name}' @champion v{current} replaced v{previous}, which no "
+            "longer exists (deleted); promote a version explicitly with --version."
+        ) from exc
+    now = _now()
+    set_version_tags(
+        client,
+        name,
+        current,
+        {"champion.rolled_back_at": now, "champion.rolled_back_by": by},
+    )
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    _record_change(client, name, f"{now} {by}: rollback v{current} -> v{previous}")
+    return current, previous
+
+
+def runs_to_keep(
+    client: MlflowClient, name: str, keep_last: int
+) -> tuple[set[str], set[str]]:
+    """Runs whose outputs stay (champion, challenger, last ``keep_last`` versions),
+    and the runs of every version of ``name``."""
+    versions = sorted(
+        (v for v in client.search_model_versions(f"name = '{name}'") if v.run_id),
+        key=lambda v: int(v.version),
+    )
+    by_version = {str(v.version): v.run_id for v in versions}
+    keep = (
+        {v.run_id for v in versions[len(versions) - keep_last :]}
+        if keep_last
+        else set()
+    )
+    for alias in (CHAMPION, CHALLENGER):
+        if versions:
+            version = alias_version(client, name, alias)
+            if version in by_version:
+                keep.add(by_version[version])
+    return keep, set(by_version.values())
+
+
+def check_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    """The version, or :class:`RegistryError` when ``name`` has no such version."""
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        if not is_not_found(exc):
+            raise
+        raise RegistryError(f"Model '{name}' has no version {version}.") from exc
+
+
+def version_url(client: MlflowClient, name: str, version: str) -> str | None:
+    """Link to a model version in the MLflow UI when tracking goes to a server."""
+    uri = client.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{redact_url(uri.rstrip('/'))}/#/models/{name}/versions/{version}"
+
+
+def _record_change(client: MlflowClient, name: str, change: str) -> None:
+    client.set_registered_model_tag(name, "champion.last_change", change)
+
+
+def _label(version: str | None) -> str:
+    return f"v{version}" if version else "none"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

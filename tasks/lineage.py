@@ -1,0 +1,80 @@
+"""Lineage of a flow run, as tags for its MLflow run and model version.
+
+Both directions: the MLflow run and the model version name the Prefect flow run
+(id, name, UI link, deployment) and the code (git commit, package version, lock
+digest, code version); the Prefect summary links the MLflow run and version.
+"""
+
+from __future__ import annotations
+
+import getpass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
+from prefect.runtime import deployment, flow_run
+
+from mnist_pipeline import lineage
+
+
+def flow_run_tags(entrypoint: str) -> dict[str, str]:
+    """Tags naming this Prefect flow run, its deployment and the code it runs."""
+    source = lineage.source()
+    commit = source["git_commit"]
+    tags = {
+        MLFLOW_SOURCE_NAME: entrypoint,
+        MLFLOW_SOURCE_TYPE: "JOB",
+        MLFLOW_USER: _user(),
+        "prefect.flow_run_id": str(flow_run.get_id()),
+        "prefect.flow_run_name": str(flow_run.get_name()),
+        "prefect.flow_run_url": flow_run_url() or "temporary server (gone)",
+        "prefect.deployment": deployment.get_name() or "none",
+        "code.version": lineage.code_version(),
+        "code.package_version": source["package_version"],
+        "code.git_commit": commit or "not a git checkout",
+        "code.lock_digest": source["lock_digest"] or "no requirements.lock",
+    }
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit.removesuffix("+dirty")
+    return tags
+
+
+def version_tags(lineage: dict[str, str]) -> dict[str, str]:
+    """The part of :func:`flow_run_tags` a model version keeps (filterable names)."""
+    keep = ("prefect.flow_run_id", "prefect.flow_run_url", "prefect.deployment")
+    return {
+        "code_version": lineage["code.version"],
+        "git_commit": lineage["code.git_commit"],
+        "package_version": lineage["code.package_version"],
+        "lock_digest": lineage["code.lock_digest"],
+        **{name: lineage[name] for name in keep},
+    }
+
+
+def flow_run_url() -> str | None:
+    """This flow run in the Prefect UI, when the server outlives the run."""
+    from prefect.settings import get_current_settings
+    from prefect.utilities.urls import url_for
+
+    if not get_current_settings().api.url:
+        return None  # a temporary server: the link would die with the run
+    return url_for("flow-run", obj_id=str(flow_run.get_id()))
+
+
+def run_name(prefix: str, data: str, details: str) -> str:
+    """A readable flow-run name: ``train-sample-10ep-seed0-20261202-021500``."""
+    label = data if data in ("auto", "mnist", "sample") else Path(data).stem
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{prefix}-{label}-{details}-{stamp}"
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
