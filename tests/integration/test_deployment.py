@@ -34,6 +34,7 @@ from .servers import (
     background,
     clean_environment,
     free_port,
+    mlflow_server,
     responds,
     run,
     wait_for,
@@ -91,15 +92,14 @@ def servers() -> Iterator[Servers]:
     root = Path(tempfile.mkdtemp(prefix="mnist-deployment-"))
     try:
         with ExitStack() as stack:
-            prefect_port, mlflow_port = free_port(), free_port()
+            prefect_port = free_port()
             api = f"http://127.0.0.1:{prefect_port}/api"
-            mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
             env = clean_environment(
                 PREFECT_HOME=str(root / "prefect-home"),
                 PREFECT_SERVER_ANALYTICS_ENABLED="false",
                 PREFECT_UI_API_URL=api,
             )
-            prefect_log, mlflow_log = root / "prefect.log", root / "mlflow.log"
+            prefect_log = root / "prefect.log"
             prefect = stack.enter_context(
                 background(
                     [BIN / "prefect", "server", "start", "--host", "127.0.0.1"]
@@ -110,17 +110,8 @@ def servers() -> Iterator[Servers]:
                     grace=SERVER_STOP_S,
                 )
             )
-            mlflow = stack.enter_context(
-                background(
-                    [BIN / "mlflow", "server", "--host", "127.0.0.1"]
-                    + ["--port", str(mlflow_port), "--workers", "1"]
-                    + ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
-                    + ["--artifacts-destination", str(root / "mlruns")],
-                    cwd=root,
-                    env=env,
-                    log=mlflow_log,
-                    grace=SERVER_STOP_S,
-                )
+            mlflow_uri = stack.enter_context(
+                mlflow_server(root, artifacts=root / "mlruns", timeout=SERVER_START_S)
             )
             wait_for(
                 lambda: responds(f"{api}/health"),
@@ -128,13 +119,6 @@ def servers() -> Iterator[Servers]:
                 what="prefect server start",
                 process=prefect,
                 log=prefect_log,
-            )
-            wait_for(
-                lambda: responds(f"{mlflow_uri}/health"),
-                timeout=SERVER_START_S,
-                what="mlflow server",
-                process=mlflow,
-                log=mlflow_log,
             )
             yield Servers(root, api, mlflow_uri)
     finally:
@@ -192,28 +176,31 @@ def test_deployment_carries_its_cron_schedule_and_upcoming_runs(servers, deploye
         assert (start.hour, start.minute) == (2, 0)
 
 
-def test_overlapping_runs_each_get_their_own_mlflow_run_and_model_version(
-    servers, deployed
-):
-    # Two runs with the same parameters, as two overlapping nightly runs would have,
-    # both waiting before the worker starts so that it runs them at the same time.
+def test_overlapping_runs_wait_their_turn_and_train_once(servers, deployed):
+    # Two runs with the same parameters, as two overlapping nightly runs would
+    # have, both waiting before the worker starts.
+    assert deployed["global_concurrency_limit"]["limit"] == 1
+    assert deployed["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     ids = [_trigger(servers, servers.tiny_config()) for _ in range(2)]
     with worker(servers) as (process, log):
         finished = [_wait_finished(servers, i, process, log) for i in ids]
     for flow_run in finished:
         assert flow_run["state_type"] == "COMPLETED", flow_run["state"]
-    first, second = finished
-    assert _time(first, "start") < _time(second, "end")
-    assert _time(second, "start") < _time(first, "end")
+    first, second = sorted(finished, key=lambda run: _time(run, "start"))
+    # The deployment's concurrency limit: one run at a time.
+    assert _time(second, "start") >= _time(first, "end")
     assert "Traceback" not in log.read_text(errors="replace")
 
-    mlflow_runs = [_check_prefect_and_mlflow_run(servers, i) for i in ids]
-    run_ids = {r["info"]["run_id"] for r in mlflow_runs}
-    assert len(run_ids) == 2
+    # The first trained and registered; the second found that training
+    # registered: no MLflow run, no version, and its summary says so.
+    mlflow_run = _check_prefect_and_mlflow_run(servers, first["id"])
+    assert _mlflow_runs_of(servers, second["id"]) == []
     versions = _model_versions(servers)
-    assert sorted(versions) == ["1", "2"]
-    assert {v["run_id"] for v in versions.values()} == run_ids
-    assert all(v["status"] == "READY" for v in versions.values())
+    assert list(versions) == ["1"]
+    assert versions["1"]["run_id"] == mlflow_run["info"]["run_id"]
+    summary = _artifacts_by_key(servers, second["id"])["mnist-training-summary"]
+    assert "nothing to train" in summary["data"]
+    assert "version **1**" in summary["data"]
 
 
 def test_serve_registers_its_schedule_and_runs_the_flow(servers):
@@ -236,9 +223,11 @@ def test_serve_registers_its_schedule_and_runs_the_flow(servers):
         )
         start = datetime.fromisoformat(upcoming[0]["expected_start_time"])
         assert (start.weekday(), start.hour, start.minute) == (0, 3, 30)
+        assert deployment["global_concurrency_limit"]["limit"] == 1
         versions_before = len(_model_versions(servers))
 
-        flow_run_id = _trigger(servers, servers.tiny_config())
+        # Another seed: a training no run has registered yet.
+        flow_run_id = _trigger(servers, servers.tiny_config() | {"seed": 5})
         flow_run = _wait_finished(servers, flow_run_id, serve, log)
         assert flow_run["state_type"] == "COMPLETED", flow_run["state"]
         _check_prefect_and_mlflow_run(servers, flow_run_id)
@@ -292,13 +281,7 @@ def _check_prefect_and_mlflow_run(servers: Servers, flow_run_id: str) -> dict:
     )
     assert png.content.startswith(b"\x89PNG")
 
-    artifacts = _prefect(
-        servers,
-        "POST",
-        "artifacts/filter",
-        json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
-    )
-    by_key = {a["key"]: a for a in artifacts}
+    by_key = _artifacts_by_key(servers, flow_run_id)
     run_url = (
         f"{servers.mlflow_uri}/#/experiments/{info['experiment_id']}"
         f"/runs/{info['run_id']}"
@@ -367,10 +350,16 @@ def _time(flow_run: dict, which: str) -> datetime:
 
 
 def _mlflow_run_of(servers: Servers, flow_run_id: str) -> dict:
+    found = _mlflow_runs_of(servers, flow_run_id)
+    assert len(found) == 1, f"{len(found)} MLflow runs for flow run {flow_run_id}"
+    return found[0]
+
+
+def _mlflow_runs_of(servers: Servers, flow_run_id: str) -> list[dict]:
     experiment = _mlflow(
         servers, "GET", "experiments/get-by-name", params={"experiment_name": "mnist"}
     )["experiment"]
-    found = _mlflow(
+    return _mlflow(
         servers,
         "POST",
         "runs/search",
@@ -379,8 +368,16 @@ def _mlflow_run_of(servers: Servers, flow_run_id: str) -> dict:
             "filter": f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
         },
     ).get("runs", [])
-    assert len(found) == 1, f"{len(found)} MLflow runs for flow run {flow_run_id}"
-    return found[0]
+
+
+def _artifacts_by_key(servers: Servers, flow_run_id: str) -> dict[str, dict]:
+    artifacts = _prefect(
+        servers,
+        "POST",
+        "artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
+    )
+    return {a["key"]: a for a in artifacts}
 
 
 def _artifacts(servers: Servers, run_id: str, path: str) -> set[str]:

@@ -45,14 +45,18 @@ def test_serve_registers_the_same_deployment(deployment):
     assert nightly.TAGS == deployment["tags"]
     assert nightly.DESCRIPTION == " ".join(deployment["description"].split())
     assert nightly.PARAMETERS == deployment["parameters"]
+    assert deployment["concurrency_limit"] == {
+        "limit": nightly.CONCURRENCY_LIMIT,
+        "collision_strategy": nightly.COLLISION_STRATEGY,
+    }
     serve = get_command(app).commands["serve"]
     (cron,) = [p for p in serve.params if p.name == "cron"]
     assert cron.default == nightly.DEFAULT_CRON
 
 
-def test_parameters_are_a_valid_typed_config(deployment):
+def test_scheduled_runs_never_fall_back_to_the_sample(deployment):
     config = TrainConfig(**deployment["parameters"]["config"])
-    assert config.data == "auto"
+    assert config.data == "mnist"  # a failed download fails the run
 
 
 def test_process_pool_runs_from_the_project_folder(project, deployment):

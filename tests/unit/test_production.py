@@ -8,6 +8,7 @@ the Dockerfile, and the environment the flows read.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -22,18 +23,12 @@ FLOWS = {
     "nightly": ("mnist-training", TrainConfig),
     "weekly-sweep": ("mnist-sweep", SweepConfig),
 }
-# The variables of prefect-kubernetes's default base job template.
-KUBERNETES_VARIABLES = {
-    "image",
-    "image_pull_policy",
-    "namespace",
-    "service_account_name",
-    "finished_job_ttl",
-    "env",
-    "labels",
-    "name",
-    "command",
-}
+# The variables of the work pool's base job template (deployments/kubernetes.py).
+KUBERNETES_VARIABLES = set(
+    json.loads((REPO / "deployments/kubernetes-job-template.json").read_text())[
+        "variables"
+    ]["properties"]
+)
 
 
 @pytest.fixture(scope="module")
