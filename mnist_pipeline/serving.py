@@ -6,6 +6,12 @@ class probabilities. The wrapper checks the values and scales them itself, so
 callers never need the training code. float32 rather than uint8 because MLflow's
 HTTP server casts JSON numbers to the signature's dtype: with uint8, scaled
 floats such as 0.5 would silently become 0 instead of being rejected.
+
+Predictions run through ``keras.Model.predict_on_batch`` in slices of
+:data:`PREDICT_BATCH` images: the same compiled function and the same batches as
+``keras.Model.predict(batch_size=PREDICT_BATCH)``, so the same answers to the
+last bit, without the ~80 ms ``predict`` spends building a data pipeline on
+every call (a served request holds one or a few images).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 INPUT_DTYPE = np.float32
+#: Images per forward pass (``keras.Model.predict``'s batch size before).
+PREDICT_BATCH = 1000
 
 
 def as_model_input(images: np.ndarray) -> np.ndarray:
@@ -28,6 +36,8 @@ def check_pixels(images: np.ndarray) -> None:
     Raises:
         MlflowException: (HTTP 400 when served) with the reason.
     """
+    if images.size == 0:
+        return
     if not np.isfinite(images).all() or images.min() < 0 or images.max() > 255:
         raise MlflowException.invalid_parameter_value(
             "Pixel values must be finite and within 0..255 (raw MNIST intensities)."
@@ -44,6 +54,20 @@ def check_pixels(images: np.ndarray) -> None:
             f"Image(s) {np.flatnonzero(scaled)[:5].tolist()} look scaled to 0..1; send "
             "raw pixel values 0..255."
         )
+
+
+def predict_probabilities(model, scaled: np.ndarray) -> np.ndarray:
+    """``model``'s outputs for ``scaled`` (N, 28, 28, 1), PREDICT_BATCH at a time.
+
+    Equal to the last bit to ``model.predict(scaled, batch_size=PREDICT_BATCH)``.
+    """
+    parts = [
+        np.asarray(model.predict_on_batch(scaled[start : start + PREDICT_BATCH]))
+        for start in range(0, len(scaled), PREDICT_BATCH)
+    ]
+    if not parts:
+        return np.zeros((0, *model.output_shape[1:]), np.float32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class MnistClassifier(PythonModel):
@@ -64,4 +88,4 @@ class MnistClassifier(PythonModel):
         images = np.asarray(model_input, dtype=np.float32)
         check_pixels(images)
         scaled = images.reshape(-1, 28, 28, 1) / np.float32(255.0)
-        return self.model.predict(scaled, batch_size=1000, verbose=0)
+        return predict_probabilities(self.model, scaled)
