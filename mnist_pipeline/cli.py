@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from mnist_pipeline.config import (
     PredictConfig,
     RegistryConfig,
+    ServeConfig,
     SweepConfig,
     TrainConfig,
 )
@@ -356,6 +357,65 @@ def predict(
         f"MLflow run id: {result.run_id}",
         f"Predictions: {result.output}",
     )
+
+
+_SERVE = ServeConfig()
+
+
+@app.command("serve-model")
+def serve_model(
+    model: Annotated[
+        str, typer.Option(help="MLflow model URI; an alias is resolved once, at start.")
+    ] = _SERVE.model_uri,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = _SERVE.host,
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = _SERVE.port,
+    workers: Annotated[
+        int, typer.Option(help="Server processes, each with its own copy of the model.")
+    ] = _SERVE.workers,
+    max_images_per_request: Annotated[
+        int,
+        typer.Option(help="More images in one request are refused with HTTP 400."),
+    ] = _SERVE.max_images_per_request,
+    max_body_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Larger request bodies are refused with HTTP 413 before parsing "
+            "(default: 8 KiB per allowed image)."
+        ),
+    ] = None,
+    request_timeout: Annotated[
+        int,
+        typer.Option(help="Seconds before a request is answered 504."),
+    ] = _SERVE.request_timeout,
+    limit_concurrency: Annotated[
+        int | None,
+        typer.Option(help="Per worker: connections beyond this many get HTTP 503."),
+    ] = None,
+    keep_alive_timeout: Annotated[
+        int, typer.Option(help="Seconds an idle keep-alive connection stays open.")
+    ] = _SERVE.keep_alive_timeout,
+    access_log: Annotated[
+        bool, typer.Option(help="Log one line per request.")
+    ] = _SERVE.access_log,
+) -> None:
+    """Serve a registered model over HTTP (MLflow's scoring protocol), bounded."""
+    config = _build(
+        ServeConfig,
+        model_uri=model,
+        host=host,
+        port=port,
+        workers=workers,
+        max_images_per_request=max_images_per_request,
+        max_body_bytes=max_body_bytes,
+        request_timeout=request_timeout,
+        limit_concurrency=limit_concurrency,
+        keep_alive_timeout=keep_alive_timeout,
+        access_log=access_log,
+    )
+    configure_environment()
+    from mnist_pipeline.model_server import serve
+
+    _check(serve, config, typer.echo)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""The served model: raw 0..255 pixels only, and Keras's own answers."""
+"""The served model: raw 0..255 pixels only, Keras's answers, bounded calls."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModelContext
 
+from mnist_pipeline.config import JSON_BYTES_PER_IMAGE, ServeConfig
 from mnist_pipeline.serving import (
+    MAX_IMAGES_VARIABLE,
     PREDICT_BATCH,
     MnistClassifier,
     as_model_input,
@@ -76,6 +78,29 @@ def test_predictions_equal_keras_predict_to_the_last_bit(keras_model_path, count
     np.testing.assert_array_equal(probabilities, expected)
 
 
+def test_images_per_call_are_bounded_only_when_the_variable_is_set(
+    keras_model_path, monkeypatch
+):
+    images = np.zeros((3, 28, 28), np.float32)
+    monkeypatch.delenv(MAX_IMAGES_VARIABLE, raising=False)
+    assert classifier(keras_model_path).predict(None, images).shape == (3, 10)
+    monkeypatch.setenv(MAX_IMAGES_VARIABLE, "2")
+    bounded = classifier(keras_model_path)
+    assert bounded.predict(None, images[:2]).shape == (2, 10)
+    with pytest.raises(MlflowException) as info:
+        bounded.predict(None, images)
+    message = info.value.message
+    assert "holds 3 images" in message and "at most 2 per request" in message
+    assert "mnist-pipeline predict" in message
+    assert info.value.get_http_status_code() == 400
+
+
 def test_no_images_give_no_predictions(keras_model_path):
     empty = np.zeros((0, 28, 28), np.float32)
     assert classifier(keras_model_path).predict(None, empty).shape == (0, 10)
+
+
+def test_body_limit_defaults_to_the_image_limit():
+    assert ServeConfig().body_limit() == 1000 * JSON_BYTES_PER_IMAGE
+    assert ServeConfig(max_images_per_request=10).body_limit() == 10 * 8192
+    assert ServeConfig(max_body_bytes=5000).body_limit() == 5000
