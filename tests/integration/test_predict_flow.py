@@ -65,6 +65,7 @@ def test_predicts_every_format(
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["model_version"] == "mnist-cnn/1"
+    assert run.data.tags["model_uri_loaded"] == "models:/mnist-cnn/1"
     assert run.data.params["model_version"] == "1"
     assert run.data.metrics["images"] == N
     artifacts = [a.path for a in client.list_artifacts(result.run_id, "predictions")]
