@@ -20,7 +20,9 @@ class PredictionResult(BaseModel):
     model_uri: str
     model_version: str | None
     images: int
+    failed: int
     output: str
+    errors: str | None
 
 
 @flow(name="mnist-predict", log_prints=True)
@@ -47,12 +49,14 @@ def mnist_predict(config: PredictConfig) -> PredictionResult:
         client, experiment_id, flow_run.get_name(), tags
     ) as run_id:
         log_params(run_id, config.model_dump() | {"model_version": version})
-        summary = predict_images(pinned, config.input, config.output)
+        summary = predict_images(pinned, config.input, config.output, config.chunk_size)
         log_predictions(run_id, summary, config.output)
     return PredictionResult(
         run_id=run_id,
         model_uri=config.model_uri,
         model_version=version,
         images=summary["images"],
+        failed=summary["failed_images"],
         output=config.output,
+        errors=summary["errors"],
     )

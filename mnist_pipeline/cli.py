@@ -320,6 +320,9 @@ def serve(
     serve_nightly(cron)
 
 
+_PREDICT = PredictConfig.model_fields
+
+
 @app.command()
 def predict(
     input_path: Annotated[
@@ -331,12 +334,19 @@ def predict(
         ),
     ],
     output: Annotated[str, typer.Option(help="CSV file to write.")],
-    model: Annotated[
-        str, typer.Option(help="MLflow model URI.")
-    ] = "models:/mnist-cnn@champion",
+    model: Annotated[str, typer.Option(help="MLflow model URI.")] = _PREDICT[
+        "model_uri"
+    ].default,
     experiment: Annotated[
         str, typer.Option(help="MLflow experiment of the inference run.")
-    ] = "mnist-predictions",
+    ] = _PREDICT["experiment"].default,
+    chunk_size: Annotated[
+        int,
+        typer.Option(
+            help="Images read, predicted and written at a time; memory grows with "
+            "it, not with the input."
+        ),
+    ] = _PREDICT["chunk_size"].default,
 ) -> None:
     """Predict a batch of images with a registered model and write a CSV."""
     config = _build(
@@ -345,6 +355,7 @@ def predict(
         input=input_path,
         output=output,
         experiment=experiment,
+        chunk_size=chunk_size,
     )
     _check(check_input, input_path)
     launch = _Launch()
@@ -352,8 +363,14 @@ def predict(
 
     result = launch.run(mnist_predict, config=config)
     version = result.model_version or "unregistered"
+    skipped = (
+        [f"Unreadable, skipped: {result.failed} file(s), listed in {result.errors}"]
+        if result.failed
+        else []
+    )
     launch.report(
         f"Predicted {result.images} image(s) with {result.model_uri} (v{version})",
+        *skipped,
         f"MLflow run id: {result.run_id}",
         f"Predictions: {result.output}",
     )

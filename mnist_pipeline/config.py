@@ -121,6 +121,15 @@ class PredictConfig(BaseModel):
     experiment: str = Field(
         "mnist-predictions", min_length=1, description="MLflow experiment"
     )
+    chunk_size: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description=(
+            "Images read, predicted and written at a time; memory grows with it, "
+            "not with the input"
+        ),
+    )
 
 
 #: Bytes of JSON one image may take in a served request when ``max_body_bytes``
