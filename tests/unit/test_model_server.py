@@ -100,19 +100,19 @@ def test_mlflow_errors_keep_their_status_and_message():
 
 
 def test_a_slow_body_gets_408_and_a_slow_answer_504():
-    status, _, body, _ = call(bounded(timeout=0.2), [b"{}"], pause=1.0)
+    status, _, body, _ = call(bounded(timeout=0.1), [b"{}"], pause=0.5)
     assert (
-        status == 408 and "did not arrive within 0.2 s" in json.loads(body)["message"]
+        status == 408 and "did not arrive within 0.1 s" in json.loads(body)["message"]
     )
 
     def slow(body, content_type):
         import time
 
-        time.sleep(1.0)
+        time.sleep(0.5)
         return answer()
 
-    status, _, body, _ = call(bounded(slow, timeout=0.2), [b"{}"], length=2)
-    assert status == 504 and "No answer within 0.2 s" in json.loads(body)["message"]
+    status, _, body, _ = call(bounded(slow, timeout=0.1), [b"{}"], length=2)
+    assert status == 504 and "No answer within 0.1 s" in json.loads(body)["message"]
 
 
 @pytest.mark.parametrize("path", ["/ping", "/version"])
