@@ -205,8 +205,12 @@ def _npz_key(path: Path) -> str:
 @contextlib.contextmanager
 def _npz_member(path: Path, key: str) -> Iterator[IO[bytes]]:
     try:
-        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
-            yield member
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            # np.load names an array by its member without ".npy" when it has one.
+            name = f"{key}.npy" if f"{key}.npy" in names else key
+            with archive.open(name) as member:
+                yield member
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise PredictionInputError(
             f"{path} is not a readable .npz file: {exc}."
