@@ -57,6 +57,8 @@ def served(trained_registry, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def in_process(trained_registry):
+    """The version the server serves, loaded in this process from the same store."""
+    tracking.connect(trained_registry.uri)  # earlier tests point MLflow elsewhere
     return tracking.load_pyfunc("models:/mnist-cnn/1")
 
 
