@@ -6,16 +6,23 @@ import statistics
 
 
 def markdown(results: dict) -> str:
-    """Headline table, then what ran where."""
+    """Headline table, then what ran where (the sections that ran)."""
     machine, plan = results["machine"], results["plan"]
+    sections = (
+        ("throughput", _throughput_rows),
+        ("end_to_end", _end_to_end_rows),
+        ("validation", _validation_rows),
+        ("rerun", _rerun_rows),
+        ("serving", _serving_rows),
+        ("batch", _batch_rows),
+    )
     rows = [
         "| Benchmark | Pipeline | Baseline | Pipeline vs baseline |",
         "|---|---:|---:|---:|",
-        *_throughput_rows(results["throughput"]),
-        *_end_to_end_rows(results["end_to_end"]),
-        *_validation_rows(results["validation"]),
-        *_rerun_rows(results["rerun"]),
     ]
+    for key, render in sections:
+        if key in results:
+            rows += render(results[key])
     packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
     load = "/".join(f"{x:.1f}" for x in machine["load_average_start"][:1])
     load_end = "/".join(f"{x:.1f}" for x in machine["load_average_end"][:1])
@@ -25,10 +32,21 @@ def markdown(results: dict) -> str:
         f"Date: {machine['date']}; commit {machine['commit']}; {plan['name']} run "
         f"({results['minutes']:.0f} min). 1-minute load average {load} at the start "
         f"and {load_end} at the end (the machine is shared: compare ratios only).",
-        f"Throughput data: {results['throughput']['data']}; "
-        f"{results['throughput']['epochs_per_run']} epochs per run, "
-        f"{plan['throughput_runs']} run(s) per side.",
     ]
+    if "throughput" in results:
+        notes.append(
+            f"Throughput data: {results['throughput']['data']}; "
+            f"{results['throughput']['epochs_per_run']} epochs per run, "
+            f"{plan['throughput_runs']} run(s) per side."
+        )
+    if "serving" in results:
+        notes.append(
+            f"Serving: {plan['serving_rounds']} round(s) per side (order reversed "
+            "every other round), each at most 4,000 requests or 8 s per "
+            "concurrency; medians over rounds. Pipeline = `mnist-pipeline "
+            "serve-model`, baseline = `mlflow models serve --workers 1` with the "
+            "wrapper calling `keras.Model.predict` (the path before this change)."
+        )
     return "\n".join(rows) + "\n\n" + "\n\n".join(notes) + "\n"
 
 
@@ -118,4 +136,68 @@ def _rerun_rows(results: dict) -> list[str]:
             f"{first['median_wall_s']:.1f} → {second['median_wall_s']:.1f} | | "
             f"{result['saved_wall_s']:+.1f} s |",
         ]
+    return rows
+
+
+def _median(values) -> float:
+    return float(statistics.median(values))
+
+
+def _load(runs: list[dict]) -> str:
+    rps = _median(r["requests_per_s"] for r in runs)
+    p50 = _median(r["p50_ms"] for r in runs)
+    p99 = _median(r["p99_ms"] for r in runs)
+    return f"{rps:,.0f} ({p50:.1f} / {p99:.1f})"
+
+
+def _serving_rows(result: dict) -> list[str]:
+    sides = result["sides"]
+    after, before, plain = sides["after"], sides["before"], sides["mlflow_workers_2"]
+    rows = []
+    for level in ("c1", "c8"):
+        concurrency = level[1:]
+        ratio = _median(r["requests_per_s"] for r in after[level]) / _median(
+            r["requests_per_s"] for r in before[level]
+        )
+        rows.append(
+            f"| Serving, 1-image requests over loopback, {concurrency} concurrent "
+            f"client(s): req/s (p50 / p99 ms) | {_load(after[level])} | "
+            f"{_load(before[level])} | **{ratio:.1f}×** |"
+        )
+        rows.append(
+            f"| ↳ {plain['label']}, {concurrency} client(s) | "
+            f"{_load(plain[level])} | | |"
+        )
+    size = result["over_limit_bytes"] / 1e6
+    cost = {
+        name: (
+            _median(r["seconds"] for r in sides[name]["over_limit"]),
+            _median(r["server_cpu_s"] for r in sides[name]["over_limit"]),
+            sides[name]["over_limit"][0]["status"],
+        )
+        for name in ("after", "before")
+    }
+    rows.append(
+        f"| One 20,000-image request ({size:.0f} MB of JSON): s until the answer; "
+        f"server CPU s (HTTP status) | {cost['after'][0]:.2f}; "
+        f"{cost['after'][1]:.2f} ({cost['after'][2]}) | {cost['before'][0]:.1f}; "
+        f"{cost['before'][1]:.1f} ({cost['before'][2]}) | "
+        f"{cost['before'][1] / max(cost['after'][1], 0.01):,.0f}× less CPU |"
+    )
+    return rows
+
+
+def _batch_rows(result: dict) -> list[str]:
+    sizes = result["sizes"]
+    rows = []
+    for size, side in sizes.items():
+        rows.append(
+            f"| Batch predict (`mnist-pipeline predict`, .npz) of {int(size):,} "
+            f"images: images/s; peak RSS MB | "
+            f"{_median(side['images_per_s']):,.0f}; "
+            f"{_median(side['peak_rss_mb']):,.0f} | | |"
+        )
+    small, large = (sizes[str(n)] for n in sorted(map(int, sizes)))
+    ratio = _median(large["peak_rss_mb"]) / _median(small["peak_rss_mb"])
+    rows.append(f"| ↳ peak RSS, largest input / smallest | | | **{ratio:.2f}×** |")
     return rows

@@ -13,6 +13,10 @@ medians, and ratios are taken within the invocation only.
 4. Re-run: the same run twice (on the sample, and for one epoch on 70,000
    images) against a running Prefect server; the second skips load, validate,
    plot and preprocess through Prefect's cache.
+5. Serving (``benchmarks.serving``): 1-image requests over loopback at
+   concurrency 1 and 8 against the model served as before and as documented
+   now, and the cost of one over-limit request.
+6. Batch predict: ``mnist-pipeline predict`` on 20,000 and 200,000 images.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import report
+from benchmarks import report, serving
 from benchmarks.procs import Measured, run
 from mnist_pipeline.config import KERAS_MNIST_SHA256
 from mnist_pipeline.data import keras_cache_dir, load_sample, source_fingerprint
@@ -60,10 +64,14 @@ class Plan:
     control: bool  # also run the baseline with the pipeline's TensorFlow settings
     e2e_seeds: tuple[int, ...]
     validation_runs: int
+    serving_rounds: int
+    batch_runs: int
 
 
-FULL = Plan("full", 3, 4, True, (0, 1, 2), 5)
-QUICK = Plan("quick", 1, 2, False, (0,), 2)
+FULL = Plan("full", 3, 4, True, (0, 1, 2), 5, 2, 2)
+QUICK = Plan("quick", 1, 2, False, (0,), 2, 1, 1)
+#: The benchmarks ``--only`` can pick, in the order they run.
+SECTIONS = ("validation", "end_to_end", "throughput", "serving", "batch")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,25 +85,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results", help="folder"
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        help="run only these benchmarks (results go to <plan>-<names>.json/.md)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.epochs:
         plan = Plan(**(vars(plan) | {"throughput_epochs": args.epochs}))
+    chosen = [name for name in SECTIONS if not args.only or name in args.only]
 
     results: dict = {"plan": vars(plan), "machine": machine()}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp:
         folder = Path(tmp)
-        results["validation"] = validation(plan)
-        results["end_to_end"], results["rerun"] = end_to_end(plan, folder / "e2e")
-        results["throughput"] = throughput(plan, folder / "throughput")
+        if "validation" in chosen:
+            results["validation"] = validation(plan)
+        if "end_to_end" in chosen:
+            results["end_to_end"], results["rerun"] = end_to_end(plan, folder / "e2e")
+        if "throughput" in chosen:
+            results["throughput"] = throughput(plan, folder / "throughput")
+        if {"serving", "batch"} & set(chosen):
+            env = inference_registry(folder / "inference")
+        if "serving" in chosen:
+            results["serving"] = serving.serving(
+                plan.serving_rounds, folder / "inference", env, log
+            )
+        if "batch" in chosen:
+            results["batch"] = serving.batch(
+                plan.batch_runs, folder / "inference", env, log
+            )
     results["machine"]["load_average_end"] = os.getloadavg()
     results["minutes"] = (time.perf_counter() - started) / 60
 
+    name = plan.name if not args.only else "-".join([plan.name, *chosen])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{plan.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     table = report.markdown(results)
-    (args.out / f"{plan.name}.md").write_text(table)
+    (args.out / f"{name}.md").write_text(table)
     print(table)
 
 
@@ -398,6 +427,19 @@ def validation(plan: Plan) -> dict:
             "median_extra_mb": median(r["extra_mb"] for r in results),
         }
     return out
+
+
+# -- 5, 6. serving and batch inference ----------------------------------------------
+
+
+def inference_registry(folder: Path) -> dict[str, str]:
+    """A registry holding the served models; the environment that points to it."""
+    folder.mkdir(parents=True)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    log("registering the served models")
+    command = [sys.executable, "-m", "benchmarks.registry", "--uri", uri]
+    run([*command, "--folder", str(folder)], env=clean_env(), cwd=folder)
+    return clean_env(MLFLOW_TRACKING_URI=uri)
 
 
 # -- Prefect server and API ------------------------------------------------------

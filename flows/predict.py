@@ -20,32 +20,43 @@ class PredictionResult(BaseModel):
     model_uri: str
     model_version: str | None
     images: int
+    failed: int
     output: str
+    errors: str | None
 
 
 @flow(name="mnist-predict", log_prints=True)
 def mnist_predict(config: PredictConfig) -> PredictionResult:
-    """Predict every image of ``config.input`` with ``config.model_uri`` into a CSV."""
+    """Predict every image of ``config.input`` with ``config.model_uri`` into a CSV.
+
+    An alias is resolved once: the version recorded is the version that predicts.
+    """
     configure_flow_logs()
     client = tracking.connect()
     experiment_id = tracking.ensure_experiment(client, config.experiment)
     model_name, version = tracking.resolve_model_uri(client, config.model_uri)
+    # The version just resolved and recorded is the one loaded, not the alias
+    # again: a promotion in between must not change which model predicts.
+    pinned = f"models:/{model_name}/{version}" if version else config.model_uri
     tags = {
         "prefect.flow_run_id": str(flow_run.get_id()),
         "prefect.flow_run_name": str(flow_run.get_name()),
         "model_uri": config.model_uri,
         "model_version": f"{model_name}/{version}" if version else "unregistered",
+        "model_uri_loaded": pinned,
     }
     with tracking.tracked_run(
         client, experiment_id, flow_run.get_name(), tags
     ) as run_id:
         log_params(run_id, config.model_dump() | {"model_version": version})
-        summary = predict_images(config.model_uri, config.input, config.output)
+        summary = predict_images(pinned, config.input, config.output, config.chunk_size)
         log_predictions(run_id, summary, config.output)
     return PredictionResult(
         run_id=run_id,
         model_uri=config.model_uri,
         model_version=version,
         images=summary["images"],
+        failed=summary["failed_images"],
         output=config.output,
+        errors=summary["errors"],
     )

@@ -22,6 +22,7 @@ from mnist_pipeline.config import (
     PredictConfig,
     PruneConfig,
     RegistryConfig,
+    ServeConfig,
     SweepConfig,
     TrainConfig,
 )
@@ -351,6 +352,9 @@ def serve(
     serve_nightly(cron)
 
 
+_PREDICT = PredictConfig.model_fields
+
+
 @app.command()
 def predict(
     input_path: Annotated[
@@ -362,12 +366,19 @@ def predict(
         ),
     ],
     output: Annotated[str, typer.Option(help="CSV file to write.")],
-    model: Annotated[
-        str, typer.Option(help="MLflow model URI.")
-    ] = "models:/mnist-cnn@champion",
+    model: Annotated[str, typer.Option(help="MLflow model URI.")] = _PREDICT[
+        "model_uri"
+    ].default,
     experiment: Annotated[
         str, typer.Option(help="MLflow experiment of the inference run.")
-    ] = "mnist-predictions",
+    ] = _PREDICT["experiment"].default,
+    chunk_size: Annotated[
+        int,
+        typer.Option(
+            help="Images read, predicted and written at a time; memory grows with "
+            "it, not with the input."
+        ),
+    ] = _PREDICT["chunk_size"].default,
 ) -> None:
     """Predict a batch of images with a registered model and write a CSV."""
     config = _build(
@@ -376,6 +387,7 @@ def predict(
         input=input_path,
         output=output,
         experiment=experiment,
+        chunk_size=chunk_size,
     )
     _check(check_input, input_path)
     launch = _Launch()
@@ -383,11 +395,76 @@ def predict(
 
     result = launch.run(mnist_predict, config=config)
     version = result.model_version or "unregistered"
+    skipped = (
+        [f"Unreadable, skipped: {result.failed} file(s), listed in {result.errors}"]
+        if result.failed
+        else []
+    )
     launch.report(
         f"Predicted {result.images} image(s) with {result.model_uri} (v{version})",
+        *skipped,
         f"MLflow run id: {result.run_id}",
         f"Predictions: {result.output}",
     )
+
+
+_SERVE = ServeConfig()
+
+
+@app.command("serve-model")
+def serve_model(
+    model: Annotated[
+        str, typer.Option(help="MLflow model URI; an alias is resolved once, at start.")
+    ] = _SERVE.model_uri,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = _SERVE.host,
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = _SERVE.port,
+    workers: Annotated[
+        int, typer.Option(help="Server processes, each with its own copy of the model.")
+    ] = _SERVE.workers,
+    max_images_per_request: Annotated[
+        int,
+        typer.Option(help="More images in one request are refused with HTTP 400."),
+    ] = _SERVE.max_images_per_request,
+    max_body_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Larger request bodies are refused with HTTP 413 before parsing "
+            "(default: 8 KiB per allowed image)."
+        ),
+    ] = None,
+    request_timeout: Annotated[
+        int,
+        typer.Option(help="Seconds before a request is answered 504."),
+    ] = _SERVE.request_timeout,
+    limit_concurrency: Annotated[
+        int | None,
+        typer.Option(help="Per worker: connections beyond this many get HTTP 503."),
+    ] = None,
+    keep_alive_timeout: Annotated[
+        int, typer.Option(help="Seconds an idle keep-alive connection stays open.")
+    ] = _SERVE.keep_alive_timeout,
+    access_log: Annotated[
+        bool, typer.Option(help="Log one line per request.")
+    ] = _SERVE.access_log,
+) -> None:
+    """Serve a registered model over HTTP (MLflow's scoring protocol), bounded."""
+    config = _build(
+        ServeConfig,
+        model_uri=model,
+        host=host,
+        port=port,
+        workers=workers,
+        max_images_per_request=max_images_per_request,
+        max_body_bytes=max_body_bytes,
+        request_timeout=request_timeout,
+        limit_concurrency=limit_concurrency,
+        keep_alive_timeout=keep_alive_timeout,
+        access_log=access_log,
+    )
+    configure_environment()
+    from mnist_pipeline.model_server import serve
+
+    _check(serve, config, typer.echo)
 
 
 @app.command()

@@ -162,6 +162,73 @@ class PredictConfig(BaseModel):
     experiment: str = Field(
         "mnist-predictions", min_length=1, description="MLflow experiment"
     )
+    chunk_size: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description=(
+            "Images read, predicted and written at a time; memory grows with it, "
+            "not with the input"
+        ),
+    )
+
+
+#: Bytes of JSON one image may take in a served request when ``max_body_bytes``
+#: is not set: 784 values written as ``255.0, `` (7 bytes) plus brackets.
+JSON_BYTES_PER_IMAGE = 8 * 1024
+
+
+class ServeConfig(BaseModel):
+    """An HTTP model server: which model, where it listens, what a request may cost."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_uri: str = Field(
+        "models:/mnist-cnn@champion",
+        min_length=1,
+        description="MLflow model URI; an alias is resolved once, at start",
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on")
+    port: int = Field(5001, ge=1, le=65535, description="TCP port to listen on")
+    workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Server processes, each with its own copy of the model",
+    )
+    max_images_per_request: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="More images in one request are refused (400); use batch predict",
+    )
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description=(
+            "Larger request bodies are refused (413) before they are parsed "
+            f"(default: {JSON_BYTES_PER_IMAGE // 1024} KiB per allowed image)"
+        ),
+    )
+    request_timeout: int = Field(
+        60,
+        ge=1,
+        le=3600,
+        description="Seconds before a request is answered 504 (its work still ends)",
+    )
+    limit_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Per worker: connections beyond this many are answered 503",
+    )
+    keep_alive_timeout: int = Field(
+        5, ge=1, le=3600, description="Seconds an idle keep-alive connection stays"
+    )
+    access_log: bool = Field(True, description="Log one line per request")
+
+    def body_limit(self) -> int:
+        """The largest request body accepted, in bytes."""
+        return self.max_body_bytes or self.max_images_per_request * JSON_BYTES_PER_IMAGE
 
 
 class RegistryConfig(BaseModel):

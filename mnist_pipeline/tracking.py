@@ -451,11 +451,14 @@ def record_gate(
 
 
 def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str | None, str | None]:
-    """``models:/name/version`` or ``models:/name@alias`` as (name, version).
+    """A registry model URI as (name, version); (None, None) outside the registry.
+
+    ``models:/name/version``, ``models:/name@alias`` and ``models:/name/latest``
+    are resolved to the version they name now.
 
     Raises:
         RegistryError: the URI names a registered model that lacks the version
-            or alias.
+            or alias, or has no version at all (``latest``).
     """
     if not uri.startswith("models:/"):
         return None, None
@@ -475,7 +478,24 @@ def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str | None, str |
     if version.isdigit():
         registry.check_version(client, name, version)
         return name, version
+    if version.lower() == "latest":  # case-insensitive, as MLflow reads it
+        return name, latest_version(client, name, uri)
     return None, None
+
+
+def latest_version(client: MlflowClient, name: str, uri: str) -> str:
+    """The highest version of ``name``: what MLflow loads for ``models:/name/latest``.
+
+    Raises:
+        RegistryError: ``name`` has no version.
+    """
+    quote = '"' if "'" in name else "'"
+    found = client.search_model_versions(
+        f"name = {quote}{name}{quote}", max_results=1, order_by=["version_number DESC"]
+    )
+    if not found:
+        raise RegistryError(f"Model '{name}' has no registered version ({uri}).")
+    return str(found[0].version)
 
 
 def portable_uri(uri: str) -> str:

@@ -1,9 +1,15 @@
-"""Batch inference over each input format with the registered champion."""
+"""Batch inference over each input format with the registered champion.
+
+Every run reads its input in chunks smaller than the input (CHUNK), so each
+test also checks that chunks are stitched into one CSV: every image once, in
+input order.
+"""
 
 from __future__ import annotations
 
 import csv
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +18,12 @@ from PIL import Image
 from flows.predict import mnist_predict
 from mnist_pipeline import tracking
 from mnist_pipeline.config import PredictConfig
+from mnist_pipeline.serving import as_model_input
 
 from .conftest import run_cli
 
 N = 30
+CHUNK = 7
 
 
 def write_inputs(folder, images: np.ndarray) -> dict[str, str]:
@@ -42,33 +50,85 @@ def inputs(trained_registry, tmp_path, monkeypatch):
     return write_inputs(tmp_path, trained_registry.sample.x_test[:N])
 
 
+def read_rows(path) -> list[dict]:
+    return list(csv.DictReader(path.open()))
+
+
+def probabilities_of(rows: list[dict]) -> np.ndarray:
+    return np.array([[float(r[f"prob_{c}"]) for c in range(10)] for r in rows])
+
+
 @pytest.mark.parametrize("kind", ["npz", "idx", "folder"])
-def test_predicts_every_format(
+def test_predicts_every_format_in_chunks(
     kind, inputs, trained_registry, prefect_api_url, tmp_path
 ):
     output = tmp_path / f"{kind}.csv"
-    result = mnist_predict(PredictConfig(input=inputs[kind], output=str(output)))
+    config = PredictConfig(input=inputs[kind], output=str(output), chunk_size=CHUNK)
+    result = mnist_predict(config)
     assert result.images == N and result.model_version == "1"
+    assert result.failed == 0 and result.errors is None
 
-    rows = list(csv.DictReader(output.open()))
-    assert len(rows) == N
+    rows = read_rows(output)
     id_column = "file" if kind == "folder" else "index"
-    assert rows[0][id_column] in ("digit_00.png", "0")
-    probabilities = np.array([[float(r[f"prob_{c}"]) for c in range(10)] for r in rows])
+    expected_ids = (
+        sorted(p.name for p in Path(inputs["folder"]).iterdir())
+        if kind == "folder"
+        else [str(i) for i in range(N)]
+    )
+    assert [r[id_column] for r in rows] == expected_ids  # each once, in order
+    probabilities = probabilities_of(rows)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     predicted = np.array([int(r["predicted_class"]) for r in rows])
     assert (predicted == probabilities.argmax(axis=1)).all()
     accuracy = (predicted == trained_registry.sample.y_test[:N]).mean()
     assert accuracy >= 0.8, accuracy
+    if kind != "folder":  # the same images the in-process model sees
+        model = tracking.load_pyfunc("models:/mnist-cnn/1")
+        expected = model.predict(as_model_input(trained_registry.sample.x_test[:N]))
+        np.testing.assert_allclose(probabilities, expected, atol=1e-6)
 
     client = tracking.connect()
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["model_version"] == "mnist-cnn/1"
+    assert run.data.tags["model_uri_loaded"] == "models:/mnist-cnn/1"
     assert run.data.params["model_version"] == "1"
+    assert run.data.params["chunk_size"] == str(CHUNK)
     assert run.data.metrics["images"] == N
+    assert run.data.metrics["failed_images"] == 0
+    assert run.data.metrics["images_per_second"] > 0
     artifacts = [a.path for a in client.list_artifacts(result.run_id, "predictions")]
     assert artifacts == [f"predictions/{kind}.csv"]
+
+
+def test_broken_file_is_reported_and_the_rest_scored(
+    inputs, trained_registry, prefect_api_url, tmp_path
+):
+    folder = Path(inputs["folder"])
+    good = sorted(p.name for p in folder.iterdir())
+    # In the second chunk, between readable images; sorted between digit_09/10.
+    (folder / "digit_09b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a PNG")
+    output = tmp_path / "photos.csv"
+    config = PredictConfig(
+        model_uri="models:/mnist-cnn/latest",
+        input=str(folder),
+        output=str(output),
+        chunk_size=CHUNK,
+    )
+    result = mnist_predict(config)
+
+    assert result.model_version == "1"  # latest resolves to the newest version
+    assert result.images == N and result.failed == 1
+    assert [r["file"] for r in read_rows(output)] == good
+    errors = read_rows(tmp_path / "photos.errors.csv")
+    assert [e["file"] for e in errors] == ["digit_09b.png"]
+    assert "cannot identify image file" in errors[0]["error"]
+    client = tracking.connect()
+    run = client.get_run(result.run_id)
+    assert run.data.metrics["failed_images"] == 1
+    assert run.data.tags["model_uri_loaded"] == "models:/mnist-cnn/1"
+    logged = {a.path for a in client.list_artifacts(result.run_id, "predictions")}
+    assert logged == {"predictions/photos.csv", "predictions/photos.errors.csv"}
 
 
 def test_cli_predict_and_its_errors(

@@ -85,6 +85,10 @@ def test_challenger_alias_and_missing_versions(three_versions):
     )
     with pytest.raises(RegistryError, match="no alias @champion"):
         tracking.resolve_model_uri(client, "models:/mnist-cnn@champion")
+    for latest in ("models:/mnist-cnn/latest", "models:/mnist-cnn/Latest"):
+        assert tracking.resolve_model_uri(client, latest) == ("mnist-cnn", "3")
+    with pytest.raises(RegistryError, match="'other' has no registered version"):
+        tracking.resolve_model_uri(client, "models:/other/latest")
 
 
 def test_operator_commands_promote_and_roll_back(

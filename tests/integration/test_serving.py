@@ -1,26 +1,27 @@
-"""``mlflow models serve`` answers real HTTP requests with the registered champion."""
+"""``mnist-pipeline serve-model`` answers real HTTP requests with the champion.
+
+One server (the documented command, two workers) serves the whole module.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
+import numpy as np
 import pytest
 
-from .servers import free_port
+from mnist_pipeline import tracking
+from mnist_pipeline.serving import as_model_input
+
+from .servers import background, clean_environment, free_port, responds, wait_for
 
 
-def post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
-    )
+def post(url: str, payload: dict | bytes) -> tuple[int, dict]:
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.load(response)
@@ -28,77 +29,87 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
         return error.code, json.load(error)
 
 
-def _pings(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def served_champion(trained_registry, tmp_path):
-    """``mlflow models serve -m models:/mnist-cnn@champion`` on a free loopback port."""
+@pytest.fixture(scope="module")
+def served(trained_registry, tmp_path_factory):
+    """The served champion's ``/invocations`` URL, and the server's log."""
+    folder = tmp_path_factory.mktemp("serve")
     port = free_port()
-    bin_dir = Path(sys.executable).parent
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env = inherited | {
-        "MLFLOW_TRACKING_URI": trained_registry.uri,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-    }
-    log = (tmp_path / "serve.log").open("w")
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m"]
-    command += ["models:/mnist-cnn@champion", "--env-manager", "local"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(
-        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        # Wait until *our* process says it listens (another server could have
-        # taken the port after free_port() released it), then until it answers.
-        listening = f"Uvicorn running on {url}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            text = (tmp_path / "serve.log").read_text()
-            assert process.poll() is None, text
-            if listening in text and _pings(url):
-                break
-            time.sleep(1)
-        else:
-            pytest.fail("model server did not answer /ping within 180 s")
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        log.close()
+    log = folder / "serve.log"
+    command = [sys.executable, "-m", "mnist_pipeline.cli", "serve-model"]
+    command += ["--port", str(port)]
+    env = clean_environment(MLFLOW_TRACKING_URI=trained_registry.uri)
+    with background(command, cwd=folder, env=env, log=log) as process:
+        # Our process must say it listens (another one could have taken the
+        # port after free_port() let it go), then answer.
+        wait_for(
+            lambda: (
+                f"Uvicorn running on {url}" in log.read_text()
+                and responds(f"{url}/ping")
+            ),
+            timeout=180,
+            what="model server",
+            process=process,
+            log=log,
+        )
+        yield f"{url}/invocations", log
 
 
-def test_served_model_returns_probabilities(trained_registry, served_champion):
-    sample = trained_registry.sample
-    images = sample.x_test[:20]
-    status, body = post(f"{served_champion}/invocations", {"inputs": images.tolist()})
-    assert status == 200, body
-    predictions = body["predictions"]
-    assert len(predictions) == 20 and all(len(row) == 10 for row in predictions)
-    assert all(abs(sum(row) - 1) < 1e-4 for row in predictions)
-    predicted = [max(range(10), key=row.__getitem__) for row in predictions]
-    correct = sum(p == y for p, y in zip(predicted, sample.y_test[:20], strict=True))
-    assert correct >= 16  # a real trained model, not noise
+@pytest.fixture(scope="module")
+def in_process(trained_registry):
+    """The version the server serves, loaded in this process from the same store."""
+    tracking.connect(trained_registry.uri)  # earlier tests point MLflow elsewhere
+    return tracking.load_pyfunc("models:/mnist-cnn/1")
 
 
-def test_wrong_shape_and_scaled_pixels_are_refused(trained_registry, served_champion):
-    image = trained_registry.sample.x_test[:1]
-    status, body = post(
-        f"{served_champion}/invocations", {"inputs": image[:, :, :27].tolist()}
+def test_the_alias_is_resolved_once_and_the_bounds_announced(served):
+    _, log = served
+    assert (
+        "Serving models:/mnist-cnn/1 (models:/mnist-cnn@champion) at "
+        in log.read_text()
     )
+    assert "at most 1,000 image(s) and 8,192,000 bytes per request" in log.read_text()
+
+
+@pytest.mark.parametrize("count", [1, 1000])
+def test_served_predictions_equal_the_in_process_model(
+    served, in_process, trained_registry, count
+):
+    url, _ = served
+    images = np.resize(trained_registry.sample.x_test, (count, 28, 28))
+    status, body = post(url, {"inputs": images.tolist()})
+    assert status == 200, body
+    served_probabilities = np.array(body["predictions"], dtype=np.float32)
+    expected = in_process.predict(as_model_input(images))
+    # Same model, same batch, same TensorFlow settings: the same bits.
+    np.testing.assert_array_equal(served_probabilities, expected)
+    labels = np.resize(trained_registry.sample.y_test, count)
+    assert (served_probabilities.argmax(1) == labels).mean() >= 0.8  # trained
+
+
+def test_wrong_shape_and_scaled_pixels_are_refused(served, trained_registry):
+    url, _ = served
+    image = trained_registry.sample.x_test[:1]
+    status, body = post(url, {"inputs": image[:, :, :27].tolist()})
     assert status == 400
     assert "does not match expected shape (-1, 28, 28)" in body["message"]
-    scaled = (image / 255.0).tolist()
-    status, body = post(f"{served_champion}/invocations", {"inputs": scaled})
+    status, body = post(url, {"inputs": (image / 255.0).tolist()})
     assert status == 400
     assert "multiplied by 255" in body["message"]
+
+
+def test_requests_over_the_limits_are_refused_naming_them(served):
+    url, _ = served
+    status, body = post(url, {"inputs": np.zeros((1001, 28, 28), int).tolist()})
+    assert status == 400
+    assert "holds 1,001 images; this server accepts at most 1,000" in body["message"]
+    assert "mnist-pipeline predict" in body["message"]
+
+    too_large = json.dumps({"inputs": np.zeros((2800, 28, 28)).tolist()}).encode()
+    assert len(too_large) > 8_192_000
+    status, body = post(url, too_large)
+    assert status == 413
+    assert f"({len(too_large):,} bytes) exceeds this server's limit" in body["message"]
+    assert "mnist-pipeline predict" in body["message"]
+    status, _ = post(url, {"inputs": np.zeros((1, 28, 28), int).tolist()})
+    assert status == 200  # and the server goes on answering

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import struct
 
 import numpy as np
@@ -13,6 +14,8 @@ from mnist_pipeline.errors import PredictionInputError
 from mnist_pipeline.predict import (
     as_model_images,
     load_inputs,
+    open_input,
+    predict_to_csv,
     to_mnist_image,
     write_predictions,
 )
@@ -140,3 +143,158 @@ def load_inputs_from(images: np.ndarray):
 
     ids = [str(i) for i in range(len(images))]
     return PredictionInput(images, ids, id_column="index", source="memory")
+
+
+# -- reading in chunks and writing as it goes ------------------------------------
+
+
+def numbered(n: int) -> np.ndarray:
+    """``n`` images, image i filled with i % 256: each tells where it came from."""
+    return np.broadcast_to(
+        (np.arange(n) % 256).astype(np.uint8)[:, None, None], (n, 28, 28)
+    ).copy()
+
+
+def stitched(source, size: int):
+    chunks = list(source.chunks(size))
+    assert all(len(c.images) <= size for c in chunks)
+    ids = [i for c in chunks for i in c.ids]
+    return np.concatenate([c.images for c in chunks]), ids, chunks
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+@pytest.mark.parametrize("layout", [(28, 28), (28, 28, 1), (784,)])
+def test_npz_is_read_in_chunks_as_one_array(tmp_path, save, layout):
+    images = numbered(10)
+    save(tmp_path / "batch.npz", x_test=images.reshape(10, *layout), x_train=images)
+    source = open_input(tmp_path / "batch.npz")
+    assert (source.count, source.id_column) == (10, "index")
+    read, ids, chunks = stitched(source, 3)
+    assert [len(c.images) for c in chunks] == [3, 3, 3, 1]
+    np.testing.assert_array_equal(read, images)
+    assert ids == [str(i) for i in range(10)]
+
+
+def test_column_major_npz_is_read_right(tmp_path):
+    images = numbered(5)
+    np.savez(tmp_path / "f.npz", images=np.asfortranarray(images))
+    read, _, _ = stitched(open_input(tmp_path / "f.npz"), 2)
+    np.testing.assert_array_equal(read, images)
+
+
+def test_float_pixels_are_scaled_by_the_whole_array_not_per_chunk(tmp_path):
+    # A first chunk of faint images (values <= 1) in an array on the 0..255
+    # scale must not be taken for images scaled to 0..1.
+    images = np.zeros((6, 28, 28), np.float32)
+    images[:3] = 1.0
+    images[3:] = 200.0
+    np.savez(tmp_path / "f.npz", images=images)
+    read, _, _ = stitched(open_input(tmp_path / "f.npz"), 3)
+    assert read[:3].max() == 1 and read[3:].min() == 200
+    np.testing.assert_array_equal(read, as_model_images(images, "whole"))
+
+
+def test_out_of_range_values_anywhere_are_refused_before_reading(tmp_path):
+    images = np.zeros((5000, 28, 28), np.float32)
+    images[4999, 0, 0] = np.nan  # in the last block of the range pass
+    np.savez(tmp_path / "nan.npz", images=images)
+    with pytest.raises(PredictionInputError, match="finite"):
+        open_input(tmp_path / "nan.npz")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_is_streamed_in_chunks(tmp_path, gz):
+    images = numbered(11)
+    data = struct.pack(">IIII", 0x0803, 11, 28, 28) + images.tobytes()
+    path = tmp_path / ("t-idx3-ubyte.gz" if gz else "t-idx3-ubyte")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    read, ids, _ = stitched(open_input(path), 4)
+    np.testing.assert_array_equal(read, images)
+    assert ids[-1] == "10"
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("extra", [-784, 1])
+def test_truncated_or_padded_idx_is_refused_before_reading(tmp_path, gz, extra):
+    images = numbered(3)
+    data = struct.pack(">IIII", 0x0803, 3, 28, 28) + images.tobytes()
+    data = data[:extra] if extra < 0 else data + b"\0" * extra
+    path = tmp_path / ("t-idx3-ubyte.gz" if gz else "t-idx3-ubyte")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    with pytest.raises(PredictionInputError, match="truncated or padded"):
+        open_input(path)
+
+
+def write_folder(folder, count: int, broken: tuple[str, ...] = ()) -> list[str]:
+    names = [f"img_{i:03d}.png" for i in range(count)]
+    for i, name in enumerate(names):
+        Image.fromarray(numbered(i + 1)[-1]).save(folder / name)
+    for name in broken:
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return names
+
+
+def test_folder_chunks_skip_and_name_unreadable_files(tmp_path):
+    names = write_folder(tmp_path, 5, broken=("img_001b.png",))
+    read, ids, chunks = stitched(open_input(tmp_path), 2)
+    assert ids == names
+    assert [f for c in chunks for f, _ in c.failures] == ["img_001b.png"]
+    assert [int(image[0, 0]) for image in read] == [0, 1, 2, 3, 4]
+
+
+def one_hot_of_first_pixel(images: np.ndarray) -> np.ndarray:
+    """A stand-in model: class = first pixel % 10, with certainty."""
+    return np.eye(10, dtype=np.float32)[images[:, 0, 0] % 10]
+
+
+def test_csv_is_written_chunk_by_chunk_every_image_once_in_order(tmp_path):
+    np.savez(tmp_path / "batch.npz", images=numbered(25))
+    progress = []
+    summary = predict_to_csv(
+        open_input(tmp_path / "batch.npz"),
+        one_hot_of_first_pixel,
+        tmp_path / "out.csv",
+        chunk_size=10,
+        on_progress=lambda done, s: progress.append((done, s.images)),
+    )
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [r["index"] for r in rows] == [str(i) for i in range(25)]
+    assert [int(r["predicted_class"]) for r in rows] == [i % 10 for i in range(25)]
+    assert progress == [(10, 10), (20, 20), (25, 25)]
+    metrics = summary.metrics()
+    assert metrics["images"] == 25 and metrics["failed_images"] == 0
+    assert metrics["predicted_class_0"] == 3 and metrics["mean_confidence"] == 1.0
+    assert summary.errors_path is None
+    assert not (tmp_path / "out.errors.csv").exists()
+
+
+def test_unreadable_files_go_to_an_errors_file_and_the_rest_is_scored(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = write_folder(photos, 4, broken=("img_000b.png", "img_002b.png"))
+    errors_file = tmp_path / "out.errors.csv"
+    summary = predict_to_csv(
+        open_input(photos), one_hot_of_first_pixel, tmp_path / "out.csv", 3
+    )
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [r["file"] for r in rows] == names
+    errors = list(csv.DictReader(errors_file.open()))
+    assert [e["file"] for e in errors] == ["img_000b.png", "img_002b.png"]
+    assert all("UnidentifiedImageError" in e["error"] for e in errors)
+    assert (summary.images, summary.failed, summary.errors_path) == (4, 2, errors_file)
+
+    for name in ("img_000b.png", "img_002b.png"):  # a clean rerun: no stale list
+        (photos / name).unlink()
+    predict_to_csv(open_input(photos), one_hot_of_first_pixel, tmp_path / "out.csv", 3)
+    assert not errors_file.exists()
+
+
+def test_a_failed_run_leaves_no_csv(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"not a png")
+    (photos / "b.jpg").write_bytes(b"not a jpeg")
+    output = tmp_path / "out.csv"
+    with pytest.raises(PredictionInputError, match=r"None of the 2 image\(s\)"):
+        predict_to_csv(open_input(photos), one_hot_of_first_pixel, output, 1)
+    assert list(tmp_path.glob("out.csv*")) == []

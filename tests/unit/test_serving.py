@@ -1,12 +1,20 @@
-"""The served model's input contract: raw 0..255 pixels, anything else refused."""
+"""The served model: raw 0..255 pixels only, Keras's answers, bounded calls."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModelContext
 
-from mnist_pipeline.serving import as_model_input, check_pixels
+from mnist_pipeline.config import JSON_BYTES_PER_IMAGE, ServeConfig
+from mnist_pipeline.serving import (
+    MAX_IMAGES_VARIABLE,
+    PREDICT_BATCH,
+    MnistClassifier,
+    as_model_input,
+    check_pixels,
+)
 
 
 def test_raw_pixels_pass():
@@ -38,3 +46,61 @@ def test_as_model_input_keeps_values():
     converted = as_model_input(images.astype(np.uint8))
     assert converted.dtype == np.float32 and converted.shape == (1, 28, 28)
     np.testing.assert_array_equal(converted, images)
+
+
+@pytest.fixture(scope="module")
+def keras_model_path(tmp_path_factory):
+    import keras
+
+    from mnist_pipeline.model import build_model
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    build_model().save(path)
+    return path
+
+
+def classifier(path) -> MnistClassifier:
+    model = MnistClassifier()
+    model.load_context(PythonModelContext({"keras_model": str(path)}, None))
+    return model
+
+
+@pytest.mark.parametrize("count", [1, 7, PREDICT_BATCH, PREDICT_BATCH + 3])
+def test_predictions_equal_keras_predict_to_the_last_bit(keras_model_path, count):
+    model = classifier(keras_model_path)
+    rng = np.random.default_rng(count)
+    images = rng.integers(0, 256, (count, 28, 28)).astype(np.float32)
+    scaled = images.reshape(-1, 28, 28, 1) / np.float32(255.0)
+    expected = model.model.predict(scaled, batch_size=PREDICT_BATCH, verbose=0)
+    probabilities = model.predict(None, images)
+    assert probabilities.dtype == expected.dtype == np.float32
+    np.testing.assert_array_equal(probabilities, expected)
+
+
+def test_images_per_call_are_bounded_only_when_the_variable_is_set(
+    keras_model_path, monkeypatch
+):
+    images = np.zeros((3, 28, 28), np.float32)
+    monkeypatch.delenv(MAX_IMAGES_VARIABLE, raising=False)
+    assert classifier(keras_model_path).predict(None, images).shape == (3, 10)
+    monkeypatch.setenv(MAX_IMAGES_VARIABLE, "2")
+    bounded = classifier(keras_model_path)
+    assert bounded.predict(None, images[:2]).shape == (2, 10)
+    with pytest.raises(MlflowException) as info:
+        bounded.predict(None, images)
+    message = info.value.message
+    assert "holds 3 images" in message and "at most 2 per request" in message
+    assert "mnist-pipeline predict" in message
+    assert info.value.get_http_status_code() == 400
+
+
+def test_no_images_give_no_predictions(keras_model_path):
+    empty = np.zeros((0, 28, 28), np.float32)
+    assert classifier(keras_model_path).predict(None, empty).shape == (0, 10)
+
+
+def test_body_limit_defaults_to_the_image_limit():
+    assert ServeConfig().body_limit() == 1000 * JSON_BYTES_PER_IMAGE
+    assert ServeConfig(max_images_per_request=10).body_limit() == 10 * 8192
+    assert ServeConfig(max_body_bytes=5000).body_limit() == 5000
