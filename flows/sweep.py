@@ -89,7 +89,7 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
         )
 
         trials = run_trials.with_options(task_runner=_task_runner(config))(
-            config.grid.trials(),
+            config.trials(),
             prepared_path=prepared,
             seed=training.seed,
             tracking_uri=tracking.portable_uri(client.tracking_uri),
@@ -227,7 +227,7 @@ def _task_runner(config: SweepConfig) -> DaskTaskRunner:
 def _sweep_params(config: SweepConfig) -> dict[str, object]:
     """The parent run's params: what the trials share, the grid, the cluster."""
     shared = config.training.model_dump(
-        exclude={"epochs", "batch_size", "learning_rate"}
+        exclude={"epochs", "batch_size", "learning_rate", "augment"}
     )
     grid = {
         f"grid.{name}": ", ".join(map(str, values))
@@ -236,7 +236,7 @@ def _sweep_params(config: SweepConfig) -> dict[str, object]:
     cluster = {
         "dask_address": config.dask_address or "local",
         "workers": config.workers or "one per core",
-        "trials": len(config.grid.trials()),
+        "trials": len(config.trials()),
     }
     return shared | grid | cluster
 

@@ -26,6 +26,40 @@ KERAS_MNIST_ORIGIN = (
 KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
 
+#: Augmentation strengths: the classic MNIST ones (small rotations, shifts, zoom).
+AUGMENT_ROTATION = 10.0
+AUGMENT_SHIFT = 0.1
+AUGMENT_ZOOM = 0.1
+
+Rotation = Annotated[float, Field(ge=0, le=45)]
+Shift = Annotated[float, Field(ge=0, le=0.3)]
+Zoom = Annotated[float, Field(ge=0, le=0.5)]
+
+
+class Augmentation(BaseModel):
+    """Random changes to training images, drawn anew for every batch.
+
+    Applied in the training graph only: the saved and served model never
+    augments, and validation and test images are never changed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rotation: Rotation = Field(
+        AUGMENT_ROTATION, description="Largest rotation either way, in degrees"
+    )
+    shift: Shift = Field(
+        AUGMENT_SHIFT, description="Largest shift either way, share of the image side"
+    )
+    zoom: Zoom = Field(
+        AUGMENT_ZOOM, description="Largest zoom in or out, share of the image size"
+    )
+
+    def label(self) -> str:
+        """A short description, e.g. ``rotation 10°, shift 0.1, zoom 0.1``."""
+        return f"rotation {self.rotation:g}°, shift {self.shift:g}, zoom {self.zoom:g}"
+
+
 class TrainConfig(BaseModel):
     """Everything that decides what a training run does.
 
@@ -48,7 +82,25 @@ class TrainConfig(BaseModel):
     validation_split: float = Field(
         0.1, gt=0, lt=1, description="Share of training images held out (stratified)"
     )
-    seed: int = Field(0, ge=0, description="Seed for the split, weights and dropout")
+    seed: int = Field(
+        0, ge=0, description="Seed for the split, weights, dropout and augmentation"
+    )
+    augment: bool = Field(
+        False,
+        description=(
+            "Train on randomly rotated, shifted and zoomed copies of the images "
+            "(training only: the saved model never augments)"
+        ),
+    )
+    augment_rotation: Rotation = Field(
+        AUGMENT_ROTATION, description="Augmentation: largest rotation, degrees"
+    )
+    augment_shift: Shift = Field(
+        AUGMENT_SHIFT, description="Augmentation: largest shift, share of the side"
+    )
+    augment_zoom: Zoom = Field(
+        AUGMENT_ZOOM, description="Augmentation: largest zoom in or out, share"
+    )
     experiment: str = Field("mnist", min_length=1, description="MLflow experiment")
     model_name: str = Field(
         "mnist-cnn", min_length=1, description="MLflow registered model name"
@@ -94,16 +146,34 @@ class TrainConfig(BaseModel):
     )
 
     def training_params(self) -> dict[str, object]:
-        """The fields that decide what training computes (its checkpoint key)."""
-        return self.model_dump(
-            include={
-                "epochs",
-                "batch_size",
-                "learning_rate",
-                "validation_split",
-                "seed",
-            }
+        """The fields that decide what training computes (its checkpoint key).
+
+        The augmentation strengths are among them only when augmentation is on:
+        otherwise they change nothing.
+        """
+        fields = {
+            "epochs",
+            "batch_size",
+            "learning_rate",
+            "validation_split",
+            "seed",
+            "augment",
+        }
+        if self.augment:
+            fields |= {"augment_rotation", "augment_shift", "augment_zoom"}
+        return self.model_dump(include=fields)
+
+    def augmentation_strengths(self) -> Augmentation:
+        """The configured strengths, whether or not ``augment`` is on."""
+        return Augmentation(
+            rotation=self.augment_rotation,
+            shift=self.augment_shift,
+            zoom=self.augment_zoom,
         )
+
+    def augmentation(self) -> Augmentation | None:
+        """What training augments with, or None (the notebook's training)."""
+        return self.augmentation_strengths() if self.augment else None
 
 
 class PredictConfig(BaseModel):
@@ -138,7 +208,14 @@ class RegistryConfig(BaseModel):
 #: At most this many combinations per sweep: a typo must not queue thousands.
 MAX_TRIALS = 256
 #: Training settings a sweep's grid decides, per trial (not taken from ``training``).
-SWEPT_FIELDS = ("learning_rate", "batch_size", "dropout", "conv_filters", "epochs")
+SWEPT_FIELDS = (
+    "learning_rate",
+    "batch_size",
+    "dropout",
+    "conv_filters",
+    "epochs",
+    "augment",
+)
 
 LearningRate = Annotated[float, Field(gt=0, le=10)]
 BatchSize = Annotated[int, Field(ge=1, le=65536)]
@@ -157,14 +234,30 @@ class TrialParams(BaseModel):
     dropout: Dropout
     conv_filters: tuple[Filters, Filters]
     epochs: Epochs
+    augmentation: Augmentation | None = None
 
     def label(self) -> str:
         """A short human-readable description, e.g. for run names and logs."""
         first, second = self.conv_filters
+        augmented = (
+            f", augmented ({self.augmentation.label()})" if self.augmentation else ""
+        )
         return (
             f"lr {self.learning_rate:g}, batch {self.batch_size}, dropout "
             f"{self.dropout:g}, filters {first}/{second}, {self.epochs} epoch(s)"
+            f"{augmented}"
         )
+
+    def flat_params(self) -> dict[str, object]:
+        """The settings as flat name-value pairs (MLflow params, table columns)."""
+        values = self.model_dump(exclude={"augmentation"})
+        strengths = self.augmentation
+        return values | {
+            "augment": strengths is not None,
+            "augment_rotation": strengths.rotation if strengths else None,
+            "augment_shift": strengths.shift if strengths else None,
+            "augment_zoom": strengths.zoom if strengths else None,
+        }
 
 
 class SweepGrid(BaseModel):
@@ -193,8 +286,18 @@ class SweepGrid(BaseModel):
     epochs: tuple[Epochs, ...] = Field(
         (10,), min_length=1, description="Training epochs to try"
     )
+    augment: tuple[bool, ...] = Field(
+        (False,),
+        min_length=1,
+        description=(
+            "Whether trials augment their training images, e.g. [false, true]; "
+            "the strengths are the shared training settings'"
+        ),
+    )
 
-    @field_validator("learning_rate", "batch_size", "dropout", "epochs", mode="before")
+    @field_validator(
+        "learning_rate", "batch_size", "dropout", "epochs", "augment", mode="before"
+    )
     @classmethod
     def _one_value_is_a_list(cls, value: object) -> object:
         return [value] if isinstance(value, int | float | str) else value
@@ -219,14 +322,22 @@ class SweepGrid(BaseModel):
             )
         return self
 
-    def trials(self) -> list[TrialParams]:
-        """Every combination, in a stable order (the grid's, first field slowest)."""
-        return [
-            TrialParams(**dict(zip(SWEPT_FIELDS, values, strict=True)))
-            for values in itertools.product(
-                *(getattr(self, name) for name in SWEPT_FIELDS)
+    def trials(self, augmentation: Augmentation | None = None) -> list[TrialParams]:
+        """Every combination, in a stable order (the grid's, first field slowest).
+
+        Args:
+            augmentation: the strengths of the trials that augment (default:
+                :class:`Augmentation`'s defaults).
+        """
+        strengths = augmentation or Augmentation()
+        trials = []
+        for values in itertools.product(*(getattr(self, n) for n in SWEPT_FIELDS)):
+            settings = dict(zip(SWEPT_FIELDS, values, strict=True))
+            augment = settings.pop("augment")
+            trials.append(
+                TrialParams(**settings, augmentation=strengths if augment else None)
             )
-        ]
+        return trials
 
 
 class SweepConfig(BaseModel):
@@ -239,8 +350,9 @@ class SweepConfig(BaseModel):
         default_factory=TrainConfig,
         description=(
             "Shared by every trial: data, subsets, validation split, seed, "
-            "experiment, registered model, gate and work folder. Its epochs, "
-            "batch size and learning rate are not used: the grid decides them."
+            "experiment, registered model, gate, work folder and augmentation "
+            "strengths. Its epochs, batch size, learning rate and augment are "
+            "not used: the grid decides them."
         ),
     )
     dask_address: str | None = Field(
@@ -257,6 +369,10 @@ class SweepConfig(BaseModel):
         le=1024,
         description="Worker processes of the local cluster (default: one per core)",
     )
+
+    def trials(self) -> list[TrialParams]:
+        """The grid's trials, augmenting ones with the shared training strengths."""
+        return self.grid.trials(self.training.augmentation_strengths())
 
     @field_validator("workers")
     @classmethod

@@ -11,8 +11,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mnist_pipeline.config import Augmentation
 from mnist_pipeline.distribute import choose_strategy
-from mnist_pipeline.model import CONV_FILTERS, DROPOUT, build_model, compile_model
+from mnist_pipeline.model import (
+    CONV_FILTERS,
+    DROPOUT,
+    augmentation_layers,
+    build_model,
+    compile_model,
+)
 from mnist_pipeline.preprocess import PreparedData
 
 History = dict[str, list[float]]
@@ -28,6 +35,7 @@ def train_model(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     conv_filters: tuple[int, int] = CONV_FILTERS,
     dropout: float = DROPOUT,
+    augmentation: Augmentation | None = None,
     strategy: tf.distribute.Strategy | None = None,
 ) -> tuple[keras.Model, History]:
     """Build, compile and fit the model; return it with its per-epoch history.
@@ -35,21 +43,30 @@ def train_model(
     The model is built and compiled in ``strategy``'s scope, by default the one
     :func:`~mnist_pipeline.distribute.choose_strategy` picks for the devices
     present; ``batch_size`` stays the global batch, split across its replicas.
+
+    With ``augmentation``, what is fitted is the augmentation layers followed
+    by the model (the same layers and weights); the model returned is the
+    plain one, so the saved and served model never augments.
     """
     keras.utils.set_random_seed(seed)
     if strategy is None:
         strategy = choose_strategy()
     with strategy.scope():
-        model = compile_model(
-            build_model(
-                prepared.x_train.shape[1:],
-                prepared.y_train.shape[1],
-                conv_filters=conv_filters,
-                dropout=dropout,
-            ),
-            learning_rate,
+        model = build_model(
+            prepared.x_train.shape[1:],
+            prepared.y_train.shape[1],
+            conv_filters=conv_filters,
+            dropout=dropout,
         )
-    history = model.fit(
+        fitted = model
+        augment = augmentation and augmentation_layers(
+            augmentation.rotation, augmentation.shift, augmentation.zoom, seed=seed
+        )
+        if augment and augment.layers:  # all strengths 0 is no augmentation
+            fitted = keras.Sequential([augment, model], name="lenet_augmented")
+            compile_model(model, learning_rate)  # for callers that evaluate it
+        compile_model(fitted, learning_rate)
+    history = fitted.fit(
         shuffled_batches(
             prepared.x_train, prepared.y_train, batch_size, epochs=epochs, seed=seed
         ),
