@@ -176,6 +176,50 @@ class TrainConfig(BaseModel):
         return self.augmentation_strengths() if self.augment else None
 
 
+class DriftConfig(BaseModel):
+    """When a batch counts as drifted from the model's reference profile.
+
+    The defaults follow common practice: a PSI of 0.1 is a moderate and 0.25 a
+    major shift (0.2 is the usual alarm), a significance level of 1% for the
+    Kolmogorov-Smirnov and chi-square tests, and a 0.1% tail on each side for
+    flagging single images. docs/photos-and-drift.md shows what they flag.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    psi_threshold: float = Field(
+        0.2,
+        gt=0,
+        le=100,
+        description="A feature drifts when its population stability index reaches "
+        "this (and its test is significant)",
+    )
+    ks_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="Significance level of the Kolmogorov-Smirnov (per-image "
+        "features) and chi-square (predicted classes) tests",
+    )
+    js_threshold: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="The pixel histogram drifts when its Jensen-Shannon distance "
+        "(base 2) reaches this",
+    )
+    bins: int = Field(
+        10, ge=2, le=100, description="Reference quantile bins for PSI and JS"
+    )
+    ood_quantile: float = Field(
+        0.001,
+        gt=0,
+        lt=0.5,
+        description="An image is out of distribution when a feature lies beyond "
+        "the reference's quantiles at this share from either end",
+    )
+
+
 class PredictConfig(BaseModel):
     """A batch-inference run: which model, which images, where the CSV goes."""
 
