@@ -362,6 +362,44 @@ def serve(
     serve_nightly(cron)
 
 
+@app.command("drift-automation")
+def drift_automation(
+    webhook_url: Annotated[
+        str,
+        typer.Option(
+            help="Where the automation POSTs its JSON message when a batch drifts "
+            "(e.g. a Slack incoming webhook)."
+        ),
+    ],
+    allow_private_url: Annotated[
+        bool,
+        typer.Option(
+            help="Let the Prefect server call a private or loopback address "
+            "(refused by default)."
+        ),
+    ] = False,
+) -> None:
+    """Create the drift automation and its webhook on the Prefect server.
+
+    Needs a Prefect server (PREFECT_API_URL). Running it again replaces both.
+    """
+    configure_environment()
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        _fail(
+            "drift-automation needs a Prefect server to hold the automation: "
+            "start one with `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api."
+        )
+    from deployments.drift_automation import create_drift_automation
+
+    automation_id = create_drift_automation(
+        webhook_url, allow_private_urls=allow_private_url
+    )
+    typer.echo(f"Automation mnist-drift-alert: {automation_id}")
+
+
 @app.command()
 def predict(
     input_path: Annotated[
