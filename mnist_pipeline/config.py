@@ -208,6 +208,12 @@ class DriftConfig(BaseModel):
         description="The pixel histogram drifts when its Jensen-Shannon distance "
         "(base 2) reaches this",
     )
+    min_histogram_images: int = Field(
+        10,
+        ge=1,
+        description="Smallest batch whose pixel histogram is judged (a few images' "
+        "histogram differs from any reference by chance)",
+    )
     bins: int = Field(
         10, ge=2, le=100, description="Reference quantile bins for PSI and JS"
     )

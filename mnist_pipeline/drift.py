@@ -226,9 +226,10 @@ def compare(
     ``psi_threshold``: significance alone flags tiny shifts in large batches,
     PSI alone flags noise in small ones. The pixel
     histogram drifts when its Jensen-Shannon distance reaches
-    ``js_threshold`` (pixels of one image are not independent, so no p-value);
-    the predicted-class shares when a chi-square test is significant and their
-    PSI reaches ``psi_threshold``.
+    ``js_threshold`` (pixels of one image are not independent, so no p-value)
+    in batches of at least ``min_histogram_images``; the predicted-class
+    shares when a chi-square test is significant and their PSI reaches
+    ``psi_threshold``.
     """
     thresholds = thresholds or DriftConfig()
     # One batch runs one test per feature: Bonferroni keeps the chance of a
@@ -289,8 +290,15 @@ def _pixels(
         _smooth(np.asarray(p)) for p in (batch.pixel_shares, reference.pixel_shares)
     )
     distance = float(jensenshannon(ours, theirs, base=2))
-    drifted = distance >= thresholds.js_threshold
-    relation = ">=" if drifted else "<"
+    judged = batch.images >= thresholds.min_histogram_images
+    drifted = judged and distance >= thresholds.js_threshold
+    relation = ">=" if distance >= thresholds.js_threshold else "<"
+    reason = f"JS distance {distance:.3f} {relation} {thresholds.js_threshold:g}"
+    if not judged:
+        reason += (
+            f"; not judged: {batch.images} image(s), fewer than "
+            f"{thresholds.min_histogram_images}"
+        )
     return FeatureDrift(
         name="pixel_histogram",
         kind="pixels",
@@ -301,7 +309,7 @@ def _pixels(
         ks_statistic=None,
         p_value=None,
         drifted=drifted,
-        reason=f"JS distance {distance:.3f} {relation} {thresholds.js_threshold:g}",
+        reason=reason,
     )
 
 

@@ -45,6 +45,7 @@ def check(images: np.ndarray, labels: np.ndarray, reference, **thresholds):
 
 
 def test_the_samples_own_images_do_not_drift(sample, reference):
+    assert check(sample.x_test, sample.y_test, reference).drift_detected is False
     for start in (0, 1000, 2000):
         images = sample.x_train[start : start + 1000]
         report = check(images, sample.y_train[start : start + 1000], reference)
@@ -107,6 +108,14 @@ def test_thresholds_decide_the_verdict(sample, reference):
     inverted = 255 - sample.x_test[:200]
     no_js = check(inverted, sample.y_test[:200], reference, js_threshold=1)
     assert "pixel_histogram" not in no_js.drifting and no_js.drift_detected
+
+
+def test_a_few_images_pixel_histogram_is_not_judged(sample, reference):
+    report = check(sample.x_train[:5], sample.y_train[:5], reference)
+    (pixels,) = [f for f in report.features if f.name == "pixel_histogram"]
+    assert pixels.drifted is False and "not judged: 5 image(s)" in pixels.reason
+    blank = check(np.zeros((5, 28, 28), np.uint8), sample.y_test[:5], reference)
+    assert {"ink_share", "box_height"} <= set(blank.drifting)  # still caught
 
 
 def test_profiles_and_reports_are_plain_json(sample, reference):
