@@ -35,8 +35,8 @@ WORKING_SIDE = 512
 MIN_CONTRAST = 0.08
 #: Specks smaller than this share of the largest ink blob are dirt, not strokes.
 SPECK_SHARE = 0.08
-#: Blobs at least this share of the tallest group's height count as a digit.
-DIGIT_HEIGHT_SHARE = 0.5
+#: Groups of blobs at least this share of the largest group's extent are digits.
+DIGIT_SIZE_SHARE = 0.5
 
 
 def normalise_photo(image: Image.Image, mode: Normalisation = "mnist") -> np.ndarray:
@@ -124,7 +124,8 @@ def digit_mask(ink: np.ndarray) -> np.ndarray:
 
     Raises:
         DigitImageError: no stroke stands out from the paper, or the ink falls
-            into several digit-sized groups side by side or one above another.
+            into several digit-sized groups side by side (digits that touch,
+            or stand one above the other, are taken as one).
     """
     noise = float(np.median(ink))
     peak = float(ink.max())
@@ -151,11 +152,11 @@ def digit_mask(ink: np.ndarray) -> np.ndarray:
 
 
 def _digit_groups(boxes: list[tuple[slice, slice]], ids: list[int]) -> list[list[int]]:
-    """Blobs grouped into digits; digit-sized groups only, tallest first.
+    """Blobs grouped into digits; digit-sized groups only, largest first.
 
     A digit written in several strokes (the bar of a 5 or a 7, a 4's two
     strokes) has blobs that touch or share columns; digits written side by side
-    do not. Groups much shorter than the tallest are smudges and are dropped.
+    do not. Groups much smaller than the largest are smudges and are dropped.
     """
     groups = [[i] for i in ids]
     spans = list(boxes)
@@ -169,10 +170,10 @@ def _digit_groups(boxes: list[tuple[slice, slice]], ids: list[int]) -> list[list
                 spans[a] = _union(spans[a], spans.pop(b))
                 merged = True
                 break
-    heights = [max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in spans]
-    tallest = max(heights)
-    order = sorted(range(len(groups)), key=lambda g: -heights[g])
-    return [groups[g] for g in order if heights[g] >= DIGIT_HEIGHT_SHARE * tallest]
+    extents = [max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in spans]
+    largest = max(extents)
+    order = sorted(range(len(groups)), key=lambda g: -extents[g])
+    return [groups[g] for g in order if extents[g] >= DIGIT_SIZE_SHARE * largest]
 
 
 def _same_digit(a: tuple[slice, slice], b: tuple[slice, slice]) -> bool:
