@@ -64,7 +64,6 @@ def train_model(
         )
         if augment and augment.layers:  # all strengths 0 is no augmentation
             fitted = keras.Sequential([augment, model], name="lenet_augmented")
-            compile_model(model, learning_rate)  # for callers that evaluate it
         compile_model(fitted, learning_rate)
     history = fitted.fit(
         shuffled_batches(
@@ -82,6 +81,12 @@ def train_model(
         verbose=0,
         callbacks=list(callbacks),
     )
+    if fitted is not model:
+        # The plain model is the one returned and saved: with the trained
+        # optimizer it saves and loads as a model fitted without augmentation.
+        model.compile(
+            optimizer=fitted.optimizer, loss=fitted.loss, metrics=["accuracy"]
+        )
     return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 

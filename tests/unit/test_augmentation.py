@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import keras
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -31,7 +34,7 @@ def train(prepared, augmentation):
     )
 
 
-def test_augmented_training_reproduces_its_figures_with_a_seed(tiny_dataset):
+def test_augmented_training_reproduces_its_figures_with_a_seed(tiny_dataset, tmp_path):
     prepared = preprocess(tiny_dataset, validation_split=0.2, seed=0)
     first_model, first = train(prepared, Augmentation())
     second_model, second = train(prepared, Augmentation())
@@ -46,6 +49,12 @@ def test_augmented_training_reproduces_its_figures_with_a_seed(tiny_dataset):
     ]
     once = first_model.predict(prepared.x_test, verbose=0)
     np.testing.assert_array_equal(once, first_model.predict(prepared.x_test, verbose=0))
+    # It saves with its trained optimizer and loads back without a mismatch.
+    first_model.save(tmp_path / "model.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(prepared.x_test, verbose=0), once)
 
 
 def test_augmentation_changes_images_in_training_only():
