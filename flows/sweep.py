@@ -79,7 +79,7 @@ class SweepResult(BaseModel):
 
 def _run_name() -> str:
     config = SweepConfig.model_validate(flow_run.get_parameters().get("config", {}))
-    details = f"{len(config.grid.trials())}trials-seed{config.training.seed}"
+    details = f"{len(config.trials())}trials-seed{config.training.seed}"
     return run_name("sweep", config.training.data, details)
 
 
@@ -128,7 +128,7 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
             )
 
             trials = run_trials.with_options(task_runner=_task_runner(config))(
-                config.grid.trials(),
+                config.trials(),
                 prepared_path=prepared,
                 seed=training.seed,
                 tracking_uri=tracking.portable_uri(client.tracking_uri),
@@ -320,7 +320,7 @@ def _sweep_identity(config: SweepConfig) -> dict[str, object]:
 def _sweep_params(config: SweepConfig) -> dict[str, object]:
     """The parent run's params: what the trials share, the grid, the cluster."""
     shared = config.training.model_dump(
-        exclude={"epochs", "batch_size", "learning_rate"}
+        exclude={"epochs", "batch_size", "learning_rate", "augment"}
     )
     grid = {
         f"grid.{name}": ", ".join(map(str, values))
@@ -329,7 +329,7 @@ def _sweep_params(config: SweepConfig) -> dict[str, object]:
     cluster = {
         "dask_address": config.dask_address or "local",
         "workers": config.workers or "one per core",
-        "trials": len(config.grid.trials()),
+        "trials": len(config.trials()),
     }
     return shared | grid | cluster
 

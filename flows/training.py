@@ -116,6 +116,7 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
                 run_id=run_id,
                 workdir=config.workdir,
                 checkpoint_key=key,
+                augmentation=config.augmentation(),
             )
             evaluation = evaluate(trained, prepared)
             log_results(run_id, evaluation, data_plots)

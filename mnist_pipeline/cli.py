@@ -70,6 +70,23 @@ def train(
     seed: Annotated[
         int, typer.Option(help="Seed for the split, initial weights and dropout.")
     ] = _DEFAULTS.seed,
+    augment: Annotated[
+        bool,
+        typer.Option(
+            help="Train on randomly rotated, shifted and zoomed copies of the "
+            "images (training only: the saved model never augments)."
+        ),
+    ] = _DEFAULTS.augment,
+    augment_rotation: Annotated[
+        float, typer.Option(help="Augmentation: largest rotation either way, degrees.")
+    ] = _DEFAULTS.augment_rotation,
+    augment_shift: Annotated[
+        float,
+        typer.Option(help="Augmentation: largest shift either way, share of the side."),
+    ] = _DEFAULTS.augment_shift,
+    augment_zoom: Annotated[
+        float, typer.Option(help="Augmentation: largest zoom in or out, share.")
+    ] = _DEFAULTS.augment_zoom,
     experiment: Annotated[
         str, typer.Option(help="MLflow experiment name.")
     ] = _DEFAULTS.experiment,
@@ -124,6 +141,10 @@ def train(
         learning_rate=learning_rate,
         validation_split=validation_split,
         seed=seed,
+        augment=augment,
+        augment_rotation=augment_rotation,
+        augment_shift=augment_shift,
+        augment_zoom=augment_zoom,
         experiment=experiment,
         model_name=model_name,
         train_limit=train_limit,
@@ -163,8 +184,8 @@ def sweep(
         Path,
         typer.Option(
             help="YAML file listing the values to try for learning_rate, "
-            "batch_size, dropout, conv_filters (pairs) and epochs; one trial per "
-            "combination."
+            "batch_size, dropout, conv_filters (pairs), epochs and augment "
+            "(true/false); one trial per combination."
         ),
     ],
     data: Annotated[
@@ -181,6 +202,16 @@ def sweep(
     seed: Annotated[
         int, typer.Option(help="Seed for the split, initial weights and dropout.")
     ] = _DEFAULTS.seed,
+    augment_rotation: Annotated[
+        float, typer.Option(help="Augmentation: largest rotation either way, degrees.")
+    ] = _DEFAULTS.augment_rotation,
+    augment_shift: Annotated[
+        float,
+        typer.Option(help="Augmentation: largest shift either way, share of the side."),
+    ] = _DEFAULTS.augment_shift,
+    augment_zoom: Annotated[
+        float, typer.Option(help="Augmentation: largest zoom in or out, share.")
+    ] = _DEFAULTS.augment_zoom,
     experiment: Annotated[
         str, typer.Option(help="MLflow experiment name.")
     ] = _DEFAULTS.experiment,
@@ -248,6 +279,9 @@ def sweep(
         data=data,
         validation_split=validation_split,
         seed=seed,
+        augment_rotation=augment_rotation,
+        augment_shift=augment_shift,
+        augment_zoom=augment_zoom,
         experiment=experiment,
         model_name=model_name,
         train_limit=train_limit,
@@ -308,6 +342,7 @@ TABLE_COLUMNS = (
     "dropout",
     "conv_filters",
     "epochs",
+    "augmentation",
     "val_accuracy",
     "seconds",
     "error",
@@ -350,6 +385,44 @@ def serve(
             "PREFECT_API_URL=http://127.0.0.1:4200/api."
         )
     serve_nightly(cron)
+
+
+@app.command("drift-automation")
+def drift_automation(
+    webhook_url: Annotated[
+        str,
+        typer.Option(
+            help="Where the automation POSTs its JSON message when a batch drifts "
+            "(e.g. a Slack incoming webhook)."
+        ),
+    ],
+    allow_private_url: Annotated[
+        bool,
+        typer.Option(
+            help="Let the Prefect server call a private or loopback address "
+            "(refused by default)."
+        ),
+    ] = False,
+) -> None:
+    """Create the drift automation and its webhook on the Prefect server.
+
+    Needs a Prefect server (PREFECT_API_URL). Running it again replaces both.
+    """
+    configure_environment()
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        _fail(
+            "drift-automation needs a Prefect server to hold the automation: "
+            "start one with `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api."
+        )
+    from deployments.drift_automation import create_drift_automation
+
+    automation_id = create_drift_automation(
+        webhook_url, allow_private_urls=allow_private_url
+    )
+    typer.echo(f"Automation mnist-drift-alert: {automation_id}")
 
 
 _PREDICT = PredictConfig.model_fields

@@ -50,6 +50,39 @@ PromotionTimeout = Annotated[
     ),
 ]
 
+#: Augmentation strengths: the classic MNIST ones (small rotations, shifts, zoom).
+AUGMENT_ROTATION = 10.0
+AUGMENT_SHIFT = 0.1
+AUGMENT_ZOOM = 0.1
+
+Rotation = Annotated[float, Field(ge=0, le=45)]
+Shift = Annotated[float, Field(ge=0, le=0.3)]
+Zoom = Annotated[float, Field(ge=0, le=0.5)]
+
+
+class Augmentation(BaseModel):
+    """Random changes to training images, drawn anew for every batch.
+
+    Applied in the training graph only: the saved and served model never
+    augments, and validation and test images are never changed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rotation: Rotation = Field(
+        AUGMENT_ROTATION, description="Largest rotation either way, in degrees"
+    )
+    shift: Shift = Field(
+        AUGMENT_SHIFT, description="Largest shift either way, share of the image side"
+    )
+    zoom: Zoom = Field(
+        AUGMENT_ZOOM, description="Largest zoom in or out, share of the image size"
+    )
+
+    def label(self) -> str:
+        """A short description, e.g. ``rotation 10°, shift 0.1, zoom 0.1``."""
+        return f"rotation {self.rotation:g}°, shift {self.shift:g}, zoom {self.zoom:g}"
+
 
 class TrainConfig(BaseModel):
     """Everything that decides what a training run does.
@@ -73,7 +106,25 @@ class TrainConfig(BaseModel):
     validation_split: float = Field(
         0.1, gt=0, lt=1, description="Share of training images held out (stratified)"
     )
-    seed: int = Field(0, ge=0, description="Seed for the split, weights and dropout")
+    seed: int = Field(
+        0, ge=0, description="Seed for the split, weights, dropout and augmentation"
+    )
+    augment: bool = Field(
+        False,
+        description=(
+            "Train on randomly rotated, shifted and zoomed copies of the images "
+            "(training only: the saved model never augments)"
+        ),
+    )
+    augment_rotation: Rotation = Field(
+        AUGMENT_ROTATION, description="Augmentation: largest rotation, degrees"
+    )
+    augment_shift: Shift = Field(
+        AUGMENT_SHIFT, description="Augmentation: largest shift, share of the side"
+    )
+    augment_zoom: Zoom = Field(
+        AUGMENT_ZOOM, description="Augmentation: largest zoom in or out, share"
+    )
     experiment: str = Field("mnist", min_length=1, description="MLflow experiment")
     model_name: str = Field(
         DEFAULT_MODEL_NAME, min_length=1, description="MLflow registered model name"
@@ -138,13 +189,79 @@ class TrainConfig(BaseModel):
         """The settings that decide what training computes (part of its key).
 
         The same keys as :meth:`TrialParams.training_params`, so a sweep trial
-        and a training run of one setup have one key.
+        and a training run of one setup have one key. The augmentation
+        strengths count only when augmentation is on: otherwise they change
+        nothing.
         """
         fields = {"epochs", "batch_size", "learning_rate", "validation_split", "seed"}
+        augmentation = self.augmentation()
         return self.model_dump(include=fields) | {
             "conv_filters": list(CONV_FILTERS),
             "dropout": DROPOUT,
+            "augmentation": augmentation.model_dump() if augmentation else None,
         }
+
+    def augmentation_strengths(self) -> Augmentation:
+        """The configured strengths, whether or not ``augment`` is on."""
+        return Augmentation(
+            rotation=self.augment_rotation,
+            shift=self.augment_shift,
+            zoom=self.augment_zoom,
+        )
+
+    def augmentation(self) -> Augmentation | None:
+        """What training augments with, or None (the notebook's training)."""
+        return self.augmentation_strengths() if self.augment else None
+
+
+class DriftConfig(BaseModel):
+    """When a batch counts as drifted from the model's reference profile.
+
+    The defaults follow common practice: a PSI of 0.1 is a moderate and 0.25 a
+    major shift (0.2 is the usual alarm), a significance level of 1% for the
+    Kolmogorov-Smirnov and chi-square tests, and a 0.1% tail on each side for
+    flagging single images. docs/photos-and-drift.md shows what they flag.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    psi_threshold: float = Field(
+        0.2,
+        gt=0,
+        le=100,
+        description="A feature drifts when its population stability index reaches "
+        "this (and its test is significant)",
+    )
+    ks_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="Significance level of the Kolmogorov-Smirnov (per-image "
+        "features) and chi-square (predicted classes) tests",
+    )
+    js_threshold: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="The pixel histogram drifts when its Jensen-Shannon distance "
+        "(base 2) reaches this",
+    )
+    min_histogram_images: int = Field(
+        10,
+        ge=1,
+        description="Smallest batch whose pixel histogram is judged (a few images' "
+        "histogram differs from any reference by chance)",
+    )
+    bins: int = Field(
+        10, ge=2, le=100, description="Reference quantile bins for PSI and JS"
+    )
+    ood_quantile: float = Field(
+        0.001,
+        gt=0,
+        lt=0.5,
+        description="An image is out of distribution when a feature lies beyond "
+        "the reference's quantiles at this share from either end",
+    )
 
 
 class PredictConfig(BaseModel):
@@ -275,7 +392,14 @@ class PruneConfig(BaseModel):
 #: At most this many combinations per sweep: a typo must not queue thousands.
 MAX_TRIALS = 256
 #: Training settings a sweep's grid decides, per trial (not taken from ``training``).
-SWEPT_FIELDS = ("learning_rate", "batch_size", "dropout", "conv_filters", "epochs")
+SWEPT_FIELDS = (
+    "learning_rate",
+    "batch_size",
+    "dropout",
+    "conv_filters",
+    "epochs",
+    "augment",
+)
 
 LearningRate = Annotated[float, Field(gt=0, le=10)]
 BatchSize = Annotated[int, Field(ge=1, le=65536)]
@@ -294,6 +418,7 @@ class TrialParams(BaseModel):
     dropout: Dropout
     conv_filters: tuple[Filters, Filters]
     epochs: Epochs
+    augmentation: Augmentation | None = None
 
     def training_params(self, validation_split: float, seed: int) -> dict[str, object]:
         """The settings that decide what this trial's training computes."""
@@ -305,10 +430,25 @@ class TrialParams(BaseModel):
     def label(self) -> str:
         """A short human-readable description, e.g. for run names and logs."""
         first, second = self.conv_filters
+        augmented = (
+            f", augmented ({self.augmentation.label()})" if self.augmentation else ""
+        )
         return (
             f"lr {self.learning_rate:g}, batch {self.batch_size}, dropout "
             f"{self.dropout:g}, filters {first}/{second}, {self.epochs} epoch(s)"
+            f"{augmented}"
         )
+
+    def flat_params(self) -> dict[str, object]:
+        """The settings as flat name-value pairs (MLflow params, table columns)."""
+        values = self.model_dump(exclude={"augmentation"})
+        strengths = self.augmentation
+        return values | {
+            "augment": strengths is not None,
+            "augment_rotation": strengths.rotation if strengths else None,
+            "augment_shift": strengths.shift if strengths else None,
+            "augment_zoom": strengths.zoom if strengths else None,
+        }
 
 
 class SweepGrid(BaseModel):
@@ -336,8 +476,18 @@ class SweepGrid(BaseModel):
     epochs: tuple[Epochs, ...] = Field(
         (10,), min_length=1, description="Training epochs to try"
     )
+    augment: tuple[bool, ...] = Field(
+        (False,),
+        min_length=1,
+        description=(
+            "Whether trials augment their training images, e.g. [false, true]; "
+            "the strengths are the shared training settings'"
+        ),
+    )
 
-    @field_validator("learning_rate", "batch_size", "dropout", "epochs", mode="before")
+    @field_validator(
+        "learning_rate", "batch_size", "dropout", "epochs", "augment", mode="before"
+    )
     @classmethod
     def _one_value_is_a_list(cls, value: object) -> object:
         return [value] if isinstance(value, int | float | str) else value
@@ -362,14 +512,22 @@ class SweepGrid(BaseModel):
             )
         return self
 
-    def trials(self) -> list[TrialParams]:
-        """Every combination, in a stable order (the grid's, first field slowest)."""
-        return [
-            TrialParams(**dict(zip(SWEPT_FIELDS, values, strict=True)))
-            for values in itertools.product(
-                *(getattr(self, name) for name in SWEPT_FIELDS)
+    def trials(self, augmentation: Augmentation | None = None) -> list[TrialParams]:
+        """Every combination, in a stable order (the grid's, first field slowest).
+
+        Args:
+            augmentation: the strengths of the trials that augment (default:
+                :class:`Augmentation`'s defaults).
+        """
+        strengths = augmentation or Augmentation()
+        trials = []
+        for values in itertools.product(*(getattr(self, n) for n in SWEPT_FIELDS)):
+            settings = dict(zip(SWEPT_FIELDS, values, strict=True))
+            augment = settings.pop("augment")
+            trials.append(
+                TrialParams(**settings, augmentation=strengths if augment else None)
             )
-        ]
+        return trials
 
 
 class SweepConfig(BaseModel):
@@ -382,8 +540,9 @@ class SweepConfig(BaseModel):
         default_factory=TrainConfig,
         description=(
             "Shared by every trial: data, subsets, validation split, seed, "
-            "experiment, registered model, gate and work folder. Its epochs, "
-            "batch size and learning rate are not used: the grid decides them."
+            "experiment, registered model, gate, work folder and augmentation "
+            "strengths. Its epochs, batch size, learning rate and augment are "
+            "not used: the grid decides them."
         ),
     )
     dask_address: str | None = Field(
@@ -400,6 +559,10 @@ class SweepConfig(BaseModel):
         le=1024,
         description="Worker processes of the local cluster (default: one per core)",
     )
+
+    def trials(self) -> list[TrialParams]:
+        """The grid's trials, augmenting ones with the shared training strengths."""
+        return self.grid.trials(self.training.augmentation_strengths())
 
     @field_validator("workers")
     @classmethod

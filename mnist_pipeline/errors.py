@@ -46,3 +46,17 @@ class DistributeConfigError(PipelineError):
 
 class SweepError(PipelineError):
     """A sweep's grid is unusable, a trial cannot run, or no trial succeeded."""
+
+
+class DigitImageError(PipelineError):
+    """A picture does not show exactly one digit (no ink, or several digits).
+
+    Raised per image, so a batch can report the file and go on with the others.
+
+    Attributes:
+        reason: a short code, ``"no ink"`` or ``"several digits"``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}")

@@ -37,6 +37,35 @@ def build_model(
     )
 
 
+def augmentation_layers(
+    rotation: float, shift: float, zoom: float, *, seed: int
+) -> keras.Sequential:
+    """Random rotation (degrees either way), shift and zoom (shares of the side).
+
+    Keras's preprocessing layers: active only when called with ``training=True``
+    and filling uncovered pixels with black, MNIST's background. A strength of 0
+    leaves its layer out.
+    """
+    steps = []
+    if rotation > 0:
+        steps.append(
+            layers.RandomRotation(
+                rotation / 360.0, fill_mode="constant", seed=seed, name="rotate"
+            )
+        )
+    if shift > 0:
+        steps.append(
+            layers.RandomTranslation(
+                shift, shift, fill_mode="constant", seed=seed + 1, name="shift"
+            )
+        )
+    if zoom > 0:
+        steps.append(
+            layers.RandomZoom(zoom, fill_mode="constant", seed=seed + 2, name="zoom")
+        )
+    return keras.Sequential(steps, name="augmentation")
+
+
 def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
     """Adam, categorical cross-entropy and accuracy, as in the notebook."""
     model.compile(

@@ -13,12 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mnist_pipeline.files import atomic_write
+
+if TYPE_CHECKING:
+    from mnist_pipeline.drift import DriftReport, FeatureDrift, Profile
 
 _CMAP = "gray"
 _POINTS_PER_INCH = 72
@@ -278,3 +282,108 @@ def plot_feature_maps(image: np.ndarray, maps: np.ndarray, title: str) -> Figure
     _draw_tiles(grid, tiles, mosaic, labels, cmap="viridis", vmin=0, vmax=1, fontsize=7)
     figure.suptitle(title)
     return figure
+
+
+_DRIFT_COLOUR = "#d62728"
+_STEADY_COLOUR = "#1f77b4"
+_REFERENCE_COLOUR = "0.6"
+
+
+def plot_drift(batch: Profile, reference: Profile, report: DriftReport) -> Figure:
+    """A batch's features over the reference's, one panel each; drift in red.
+
+    Args:
+        batch: the batch's :class:`~mnist_pipeline.drift.Profile`.
+        reference: the model version's reference profile.
+        report: :func:`~mnist_pipeline.drift.compare`'s report for the two.
+    """
+    figures = {f.name: f for f in report.features}
+    names = list(figures)
+    cols = 4
+    rows = int(np.ceil(len(names) / cols))
+    figure = Figure(figsize=(4.0 * cols, 2.9 * rows + 0.8), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        feature = figures[name]
+        if name == "pixel_histogram":
+            _overlay_pixels(ax, batch.pixel_shares, reference.pixel_shares, feature)
+        elif name == "predicted_class":
+            _overlay_classes(ax, batch.class_shares, reference.class_shares, feature)
+        else:
+            _overlay_values(ax, batch.features[name], reference.features[name], feature)
+        verdict = "DRIFT" if feature.drifted else "ok"
+        colour = _DRIFT_COLOUR if feature.drifted else "black"
+        statistic = (
+            f"JS {feature.js_distance:.2f}"
+            if feature.kind == "pixels"
+            else f"PSI {feature.psi:.2f}"
+        )
+        ax.set_title(
+            f"{name.replace('_', ' ')}: {verdict} ({statistic})",
+            color=colour,
+            fontsize=10,
+            fontweight="bold" if feature.drifted else "normal",
+        )
+        ax.tick_params(labelsize=8)
+    for ax in axes[len(names) :]:
+        ax.set_axis_off()
+    axes[0].legend(fontsize=8, loc="upper right")
+    verdict = (
+        f"DRIFT in {len(report.drifting)} of {len(names)} features"
+        if report.drift_detected
+        else "no drift"
+    )
+    figure.suptitle(
+        f"Batch of {report.images} image(s) vs the model's reference of "
+        f"{reference.images}: {verdict}\n"
+        f"{sum(report.out_of_distribution)} image(s) out of distribution; grey: "
+        "reference, line: batch (red where it drifted)",
+        fontsize=12,
+        color=_DRIFT_COLOUR if report.drift_detected else "black",
+    )
+    return figure
+
+
+def _batch_colour(feature: FeatureDrift) -> str:
+    return _DRIFT_COLOUR if feature.drifted else _STEADY_COLOUR
+
+
+def _overlay_values(
+    ax: Axes, ours: Sequence[float], theirs: Sequence[float], feature: FeatureDrift
+) -> None:
+    """Both samples' histograms on shared bins, as shares of their images."""
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    low = min(ours.min(), theirs.min())
+    high = max(ours.max(), theirs.max())
+    if high <= low:
+        high = low + 1.0
+    edges = np.linspace(low, high, 31)
+    for values, label, style in (
+        (theirs, "reference", {"color": _REFERENCE_COLOUR, "fill": True, "alpha": 0.6}),
+        (ours, "batch", {"color": _batch_colour(feature), "linewidth": 2}),
+    ):
+        counts, _ = np.histogram(values, edges)
+        ax.stairs(counts / max(len(values), 1), edges, label=label, **style)
+    ax.set_ylabel("share of images", fontsize=8)
+
+
+def _overlay_pixels(
+    ax: Axes, ours: Sequence[float], theirs: Sequence[float], feature: FeatureDrift
+) -> None:
+    edges = np.linspace(0, 256, len(theirs) + 1)
+    ax.stairs(theirs, edges, color=_REFERENCE_COLOUR, fill=True, alpha=0.6)
+    ax.stairs(ours, edges, color=_batch_colour(feature), linewidth=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("pixel intensity", fontsize=8)
+    ax.set_ylabel("share of pixels", fontsize=8)
+
+
+def _overlay_classes(
+    ax: Axes, ours: Sequence[float], theirs: Sequence[float], feature: FeatureDrift
+) -> None:
+    classes = np.arange(len(theirs))
+    ax.bar(classes - 0.2, theirs, 0.4, color=_REFERENCE_COLOUR)
+    ax.bar(classes + 0.2, ours, 0.4, color=_batch_colour(feature))
+    ax.set_xticks(classes)
+    ax.set_xlabel("predicted class", fontsize=8)
+    ax.set_ylabel("share of images", fontsize=8)

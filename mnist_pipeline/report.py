@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from mnist_pipeline.gate import Decision
+
+if TYPE_CHECKING:
+    from mnist_pipeline.drift import DriftReport
 
 
 def summary_markdown(
@@ -138,3 +142,50 @@ def gate_markdown(
         figures = f"{check.value:.4g} | {check.relation} {check.threshold:.4g}"
         lines.append(f"| {check.name} | {result} | {figures} |")
     return "\n".join(lines)
+
+
+def drift_markdown(report: DriftReport, model_name: str, version: str) -> str:
+    """A batch's drift verdict, per-feature figures and flagged images as markdown."""
+    verdict = (
+        f"**drift detected** in {', '.join(f'`{n}`' for n in report.drifting)}"
+        if report.drift_detected
+        else "**no drift**"
+    )
+    flagged = sum(report.out_of_distribution)
+    lines = [
+        "# Input drift",
+        "",
+        f"Batch of {report.images} image(s) against the reference profile of "
+        f"`{model_name}` v{version}: {verdict}. {flagged} image(s) "
+        f"({report.ood_share:.1%}) out of distribution.",
+        "",
+        "| Feature | Verdict | PSI | JS distance | KS statistic | p-value | Batch mean "
+        "| Reference mean | Why |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in report.features:
+        result = "**DRIFT**" if f.drifted else "ok"
+        cells = [
+            f.name,
+            result,
+            f"{f.psi:.3f}",
+            f"{f.js_distance:.3f}",
+            _figure(f.ks_statistic, ".3f"),
+            _figure(f.p_value, ".2g"),
+            _figure(f.batch_mean, ".4g"),
+            _figure(f.reference_mean, ".4g"),
+            f.reason,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    t = report.thresholds
+    lines += [
+        "",
+        f"Thresholds: PSI >= {t.psi_threshold:g} with p < {t.ks_alpha:g} over all "
+        f"tests (Bonferroni); pixel histogram JS >= {t.js_threshold:g}; an image is "
+        f"out of distribution beyond the reference's {t.ood_quantile:g} quantiles.",
+    ]
+    return "\n".join(lines)
+
+
+def _figure(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

@@ -135,6 +135,7 @@ def trial_rows(
                 "dropout": p.dropout,
                 "conv_filters": f"{p.conv_filters[0]}/{p.conv_filters[1]}",
                 "epochs": p.epochs,
+                "augmentation": p.augmentation.label() if p.augmentation else None,
                 "val_accuracy": _rounded(r.val_accuracy),
                 "val_loss": _rounded(r.val_loss),
                 "seconds": seconds,

@@ -11,8 +11,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mnist_pipeline.config import Augmentation
 from mnist_pipeline.distribute import choose_strategy
-from mnist_pipeline.model import CONV_FILTERS, DROPOUT, build_model, compile_model
+from mnist_pipeline.model import (
+    CONV_FILTERS,
+    DROPOUT,
+    augmentation_layers,
+    build_model,
+    compile_model,
+)
 from mnist_pipeline.preprocess import PreparedData
 
 History = dict[str, list[float]]
@@ -28,6 +35,7 @@ def train_model(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     conv_filters: tuple[int, int] = CONV_FILTERS,
     dropout: float = DROPOUT,
+    augmentation: Augmentation | None = None,
     strategy: tf.distribute.Strategy | None = None,
     initial_epoch: int = 0,
 ) -> tuple[keras.Model, History]:
@@ -39,21 +47,32 @@ def train_model(
     ``initial_epoch`` continues a fit whose weights a callback restores (Keras's
     ``BackupAndRestore``): its epochs see the batches an uninterrupted fit
     would have seen from that epoch on.
+
+    With ``augmentation``, what is fitted is the augmentation layers followed
+    by the model (the same layers and weights); the model returned is the
+    plain one, so the saved and served model never augments.
     """
     keras.utils.set_random_seed(seed)
     if strategy is None:
         strategy = choose_strategy()
     with strategy.scope():
-        model = compile_model(
-            build_model(
-                prepared.x_train.shape[1:],
-                prepared.y_train.shape[1],
-                conv_filters=conv_filters,
-                dropout=dropout,
-            ),
-            learning_rate,
+        model = build_model(
+            prepared.x_train.shape[1:],
+            prepared.y_train.shape[1],
+            conv_filters=conv_filters,
+            dropout=dropout,
         )
-    history = model.fit(
+        fitted = model
+        augment = augmentation and augmentation_layers(
+            augmentation.rotation, augmentation.shift, augmentation.zoom, seed=seed
+        )
+        if augment and augment.layers:  # all strengths 0 is no augmentation
+            fitted = keras.Sequential(
+                [keras.Input(shape=prepared.x_train.shape[1:]), augment, model],
+                name="lenet_augmented",
+            )
+        compile_model(fitted, learning_rate)
+    history = fitted.fit(
         shuffled_batches(
             prepared.x_train,
             prepared.y_train,
@@ -75,6 +94,12 @@ def train_model(
         verbose=0,
         callbacks=list(callbacks),
     )
+    if fitted is not model:
+        # The plain model is the one returned and saved: with the trained
+        # optimizer it saves and loads as a model fitted without augmentation.
+        model.compile(
+            optimizer=fitted.optimizer, loss=fitted.loss, metrics=["accuracy"]
+        )
     return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 

@@ -59,7 +59,7 @@ def train_trial(
         trial_name(index, params),
         trial_tags(index, worker),
     ) as run_id:
-        tracking.log_params(client, run_id, params.model_dump() | {"seed": seed})
+        tracking.log_params(client, run_id, params.flat_params() | {"seed": seed})
         if not Path(prepared_path).is_file():
             raise SweepError(
                 f"Worker {worker} cannot read {prepared_path}: the work folder "
@@ -76,6 +76,7 @@ def train_trial(
             seed=seed,
             conv_filters=params.conv_filters,
             dropout=params.dropout,
+            augmentation=params.augmentation,
             callbacks=[
                 EpochLogger(logger, images=len(prepared.x_train)),
                 tracking.EpochMetrics(client, run_id),

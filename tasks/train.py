@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from mnist_pipeline import tracking
 from mnist_pipeline.checkpoint import CheckpointFolder, merge_history
+from mnist_pipeline.config import Augmentation
 from mnist_pipeline.preprocess import PreparedData
 from mnist_pipeline.train import EpochLogger, train_model
 
@@ -52,6 +53,7 @@ def train(
     run_id: str,
     workdir: str,
     checkpoint_key: str,
+    augmentation: Augmentation | None = None,
 ) -> TrainedModel:
     """Fit the reference CNN, resuming an interrupted fit of the same training."""
     logger = get_run_logger()
@@ -81,6 +83,7 @@ def train(
             seed=seed,
             callbacks=[*(resume.callbacks if resume else []), *callbacks],
             initial_epoch=resume.initial_epoch if resume else 0,
+            augmentation=augmentation,
         )
         if resume is not None:
             if resume.resumed:

@@ -139,3 +139,24 @@ def test_invalid_data_stops_before_training(prefect_api_url, mlflow_store, tmp_p
     assert "DataValidationError" in run.data.tags["failure_reason"]
     assert client.search_registered_models() == []
     assert not (tmp_path / "outputs" / "models").exists()
+
+
+def test_an_augmented_run_trains_augmented_and_registers_a_plain_model(
+    prefect_api_url, mlflow_store, tmp_path
+):
+    plain = mnist_training(small_config(tmp_path, min_accuracy=0.0))
+    augmented = mnist_training(small_config(tmp_path, augment=True, min_accuracy=0.0))
+    assert not augmented.skipped  # another training: another key
+    assert augmented.training_key != plain.training_key
+    client = tracking.connect()
+    params = client.get_run(augmented.run_id).data.params
+    assert params["augment"] == "True"
+    # Different training curves: the augmented fit saw changed images.
+    history = {
+        r: [m.value for m in client.get_metric_history(r, "train_loss")]
+        for r in (plain.run_id, augmented.run_id)
+    }
+    assert history[plain.run_id] != history[augmented.run_id]
+    model = mlflow.pyfunc.load_model(f"models:/mnist-cnn/{augmented.version}")
+    keras_model = model.unwrap_python_model().model
+    assert [layer.name for layer in keras_model.layers][0] == "conv1"

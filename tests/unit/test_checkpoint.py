@@ -11,6 +11,7 @@ from mnist_pipeline.checkpoint import (
     load_history,
     merge_history,
 )
+from mnist_pipeline.config import Augmentation
 from mnist_pipeline.preprocess import preprocess
 from mnist_pipeline.train import train_model
 
@@ -60,7 +61,7 @@ class _StopAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def _fit(prepared, folder, extra=()):
+def _fit(prepared, folder, extra=(), augmentation=None):
     """Train 4 epochs with a checkpoint in ``folder``, as the train task does."""
     with CheckpointFolder(folder) as checkpoint:
         resume = checkpoint.start("run")
@@ -72,21 +73,27 @@ def _fit(prepared, folder, extra=()):
             seed=0,
             callbacks=[*resume.callbacks, *extra],
             initial_epoch=resume.initial_epoch,
+            augmentation=augmentation,
         )
         return model, merge_history(resume.previous, history), resume
 
 
-def test_a_resumed_fit_is_the_uninterrupted_one(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("augmentation", [None, Augmentation()], ids=["plain", "aug"])
+def test_a_resumed_fit_is_the_uninterrupted_one(tmp_path, tiny_dataset, augmentation):
     prepared = preprocess(tiny_dataset, 0.2, seed=0)
-    straight, straight_history, _ = _fit(prepared, tmp_path / "straight")
+    straight, straight_history, _ = _fit(
+        prepared, tmp_path / "straight", augmentation=augmentation
+    )
 
     with pytest.raises(KeyboardInterrupt):
-        _fit(prepared, tmp_path / "killed", [_StopAfter(2)])
-    resumed, history, resume = _fit(prepared, tmp_path / "killed")
+        _fit(prepared, tmp_path / "killed", [_StopAfter(2)], augmentation)
+    resumed, history, resume = _fit(
+        prepared, tmp_path / "killed", augmentation=augmentation
+    )
     assert resume.initial_epoch == 2
 
-    # Same batches in the same order, same optimizer and dropout state: the same
-    # per-epoch metrics and the same final weights (float tolerance only).
+    # Same batches in the same order, same optimizer, dropout and augmentation
+    # state: the same per-epoch metrics and final weights (float tolerance only).
     assert sorted(history) == sorted(straight_history)
     for name, values in straight_history.items():
         np.testing.assert_allclose(history[name], values, rtol=1e-5, err_msg=name)

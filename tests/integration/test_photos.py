@@ -1,0 +1,42 @@
+"""A trained model reads photographed digits once they are normalised as MNIST's.
+
+The photos are the sample's *test* digits (never trained on) pasted off-centre
+and scaled on unevenly lit, noisy paper, as PNG, JPEG, EXIF-rotated JPEG, RGBA
+drawings and chalk, written to files and read back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_pipeline import photos, photoset
+
+
+@pytest.fixture(scope="module")
+def model(trained_registry):
+    import keras
+
+    return keras.models.load_model(trained_registry.root / "model.keras")
+
+
+def accuracy(model, folder, records, mode) -> float:
+    images = np.stack(
+        [photos.normalise_photo(Image.open(folder / r.file), mode) for r in records]
+    )
+    predicted = model.predict(images[..., None].astype("float32") / 255, verbose=0)
+    return float((predicted.argmax(axis=1) == [r.label for r in records]).mean())
+
+
+def test_photos_of_unseen_test_digits_are_read_at_least_nine_in_ten(
+    model, trained_registry, tmp_path
+):
+    sample = trained_registry.sample
+    strokes = photoset.mnist_strokes(sample.x_test[:300])
+    records = photoset.write_photo_set(tmp_path, strokes, sample.y_test[:300], seed=5)
+    assert {r.style for r in records} == set(photoset.STYLES)
+    normalised = accuracy(model, tmp_path, records, "mnist")
+    resized = accuracy(model, tmp_path, records, "resize")
+    assert normalised >= 0.9, normalised
+    assert normalised > resized + 0.3, (normalised, resized)
