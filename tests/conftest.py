@@ -73,6 +73,16 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     return uri
 
 
+@pytest.fixture
+def no_prefect_server():
+    """Settings as a process without PREFECT_API_URL sees them (a temporary
+    server), even after integration tests started the session's server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_keras_home(tmp_path_factory, monkeypatch):
     """Never read or write the user's Keras dataset cache."""

@@ -44,7 +44,7 @@ def test_the_automation_reacts_to_drift_events_of_any_model_version():
     assert not trigger.match.matches(Resource(root={"prefect.resource.id": "other.1"}))
 
 
-def test_the_command_needs_a_prefect_server(monkeypatch):
+def test_the_command_needs_a_prefect_server(monkeypatch, no_prefect_server):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     result = CliRunner().invoke(
         app, ["drift-automation", "--webhook-url", "https://hooks.example.com/x"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 
@@ -11,14 +12,7 @@ from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.files import exclusive_lock
 from tasks.locking import limit_name, lock_file, promotion_lock
 
-
-@pytest.fixture(autouse=True)
-def _no_prefect_server():
-    """As a CLI run without PREFECT_API_URL (a temporary server) sees it."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        yield
+pytestmark = pytest.mark.usefixtures("no_prefect_server")
 
 
 def test_names_are_safe_for_prefect_and_the_file_system(tmp_path):
@@ -41,11 +35,24 @@ def test_one_holder_at_a_time_beside_a_sqlite_store(tmp_path):
             time.sleep(0.3)
             spans.append((start, time.monotonic()))
 
-    threads = [threading.Thread(target=hold) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            hold()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    # Each thread runs in a copy of this context: the fixture's settings.
+    threads = [
+        threading.Thread(target=contextvars.copy_context().run, args=(run,))
+        for _ in range(3)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert errors == []
     spans.sort()
     assert len(spans) == 3
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
