@@ -8,6 +8,8 @@ import keras
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from mnist_pipeline.serving import predict_probabilities
+
 _EPSILON = 1e-7  # Keras clips probabilities by this in cross-entropy
 
 
@@ -37,7 +39,7 @@ def evaluate_model(
     model: keras.Model, images: np.ndarray, one_hot_labels: np.ndarray
 ) -> Evaluation:
     """Predict the test split once and derive every score from it."""
-    probabilities = model.predict(images, batch_size=1000, verbose=0)
+    probabilities = predict_probabilities(model, images)
     return score_predictions(probabilities, one_hot_labels.argmax(axis=1))
 
 
@@ -80,7 +82,7 @@ def feature_maps(
     probe = keras.Model(
         inputs=model.inputs, outputs=[model.get_layer(n).output for n in layer_names]
     )
-    outputs = probe.predict(image[np.newaxis], verbose=0)
+    outputs = probe.predict_on_batch(image[np.newaxis])
     return {
         name: np.asarray(out[0]) for name, out in zip(layer_names, outputs, strict=True)
     }

@@ -24,7 +24,7 @@ from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.preprocess import scale_images
 from mnist_pipeline.redact import redact_text
 from mnist_pipeline.report import gate_markdown, gate_sentence
-from mnist_pipeline.serving import as_model_input
+from mnist_pipeline.serving import as_model_input, predict_probabilities
 from tasks.locking import promotion_lock
 from tasks.report import publish_existing
 from tasks.track import MLFLOW_RETRY, ExistingVersion
@@ -161,7 +161,7 @@ def check_candidate(
     model = keras.saving.load_model(keras_path)
     served = tracking.load_pyfunc(f"models:/{model_name}/{version}")
     return gate.check_candidate(
-        in_memory=lambda x: model.predict(scale_images(x), batch_size=1000, verbose=0),
+        in_memory=lambda x: predict_probabilities(model, scale_images(x)),
         served=lambda x: served.predict(as_model_input(x)),
         images=images,
         labels=labels,
