@@ -83,7 +83,13 @@ def predict_probabilities(model, scaled: np.ndarray) -> np.ndarray:
     """``model``'s outputs for ``scaled`` (N, 28, 28, 1), PREDICT_BATCH at a time.
 
     Equal to the last bit to ``model.predict(scaled, batch_size=PREDICT_BATCH)``.
+    A model trained under a strategy with several replicas goes through
+    ``model.predict``: Keras's ``predict_on_batch`` returns only the first
+    replica's share of the batch there.
     """
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return np.asarray(model.predict(scaled, batch_size=PREDICT_BATCH, verbose=0))
     parts = [
         np.asarray(model.predict_on_batch(scaled[start : start + PREDICT_BATCH]))
         for start in range(0, len(scaled), PREDICT_BATCH)
