@@ -332,9 +332,3 @@ def _sweep_params(config: SweepConfig) -> dict[str, object]:
         "trials": len(config.trials()),
     }
     return shared | grid | cluster
-
-
-if __name__ == "__main__":
-    from mnist_pipeline.cli import main
-
-    main(["sweep", *__import__("sys").argv[1:]])

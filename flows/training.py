@@ -206,9 +206,3 @@ def _keras_model(config: TrainConfig, existing: ExistingVersion) -> str:
     if local.is_file():
         return str(local)
     return str(tracking.download_keras_model(config.model_name, existing.version))
-
-
-if __name__ == "__main__":
-    from mnist_pipeline.cli import main
-
-    main(["train", *__import__("sys").argv[1:]])

@@ -6,7 +6,7 @@ import sqlite3
 
 import numpy as np
 
-from .conftest import REPO, run_cli
+from .conftest import run_cli
 
 
 def test_default_entry_point_trains_and_ends_with_the_result(tmp_path):
@@ -96,20 +96,3 @@ def test_wrong_layout_names_every_failed_check(tmp_path, prefect_api_url):
         versions = db.execute("select count(*) from model_versions").fetchone()[0]
     assert statuses == ["FAILED"]
     assert versions == 0
-
-
-def test_module_entry_point_is_the_same_cli(tmp_path):
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "flows.training", "--help"],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    for option in ("--data", "--epochs", "--batch-size", "--learning-rate", "--seed"):
-        assert option in result.stdout
