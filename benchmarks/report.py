@@ -136,6 +136,13 @@ def _rerun_rows(results: dict) -> list[str]:
             f"{first['median_wall_s']:.1f} → {second['median_wall_s']:.1f} | | "
             f"{result['saved_wall_s']:+.1f} s |",
         ]
+        if "unchanged" in result:
+            rows.append(
+                f"| ↳ a third, unchanged run (no --retrain: trains and registers "
+                f"nothing), wall s | {result['unchanged_wall_s']:.1f} | | "
+                f"{result['unchanged_wall_s'] - first['median_wall_s']:+.1f} s "
+                "vs the first |"
+            )
     return rows
 
 
