@@ -1,4 +1,9 @@
-"""Bad input, end to end: one paragraph, exit 1, no traceback, registry untouched."""
+"""Bad input through the training flow: one message, a FAILED run, registry untouched.
+
+The flow runs in this process against the session's Prefect server: what the
+command line makes of the same error (one ``Error:`` paragraph, exit code 1, no
+traceback) is checked once, in a real process, by tests/integration/test_cli.py.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,11 @@ import numpy as np
 import pytest
 
 from mnist_pipeline import registry, tracking
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.model import build_model
 
 from ..conftest import make_images
-from .conftest import run_cli
 
 
 def _arrays() -> dict[str, np.ndarray]:
@@ -151,27 +157,24 @@ def _snapshot(root: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_paragraph_and_changes_nothing(
+def test_bad_input_is_one_message_and_changes_nothing(
     case, registry_with_champion, mlflow_store, tmp_path, prefect_api_url
 ):
+    from flows.training import mnist_training
+
     client = registry_with_champion
     make, expected = CASES[case]
     data = make(tmp_path)
     before = _snapshot(tmp_path / "mlruns")
-    env = {"MLFLOW_TRACKING_URI": mlflow_store, "PREFECT_API_URL": prefect_api_url}
+    config = TrainConfig(data=str(data), epochs=1, workdir=str(tmp_path / "outputs"))
 
-    result = run_cli(
-        "train", "--data", str(data), "--epochs", "1", cwd=tmp_path, env=env
-    )
+    with pytest.raises(PipelineError) as info:
+        mnist_training(config)
 
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
-    assert "Traceback" not in output
-    error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("Error: "), error
-    assert str(data) in error
+    (message,) = str(info.value).strip().splitlines()
+    assert str(data) in message
     for text in expected:
-        assert text in error, error
+        assert text in message, message
     # Nothing lost or changed: earlier artifacts, versions and the champion.
     after = _snapshot(tmp_path / "mlruns")
     assert all(after.get(path) == size for path, size in before.items())
