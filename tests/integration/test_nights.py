@@ -279,6 +279,7 @@ SOAK = [
 ]
 
 
+@pytest.mark.slow
 def test_a_soak_of_nights_keeps_the_registry_truthful(
     server, datasets, tmp_path, capsys
 ):
