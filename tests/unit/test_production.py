@@ -58,8 +58,19 @@ def test_sweep_runs_on_the_dask_cluster_with_a_shared_work_folder(project):
     (sweep,) = [d for d in project["deployments"] if d["name"] == "weekly-sweep"]
     config = SweepConfig(**sweep["parameters"]["config"])
     assert config.dask_address.startswith("tcp://")
-    assert config.training.workdir.startswith("/mnt/")
     assert len(config.grid.trials()) == 12
+    # The work folder lies on the volume every flow-run pod mounts (the
+    # persistent claim of the job template), at the same path in each.
+    template = json.loads(
+        (REPO / "deployments/kubernetes-job-template.json").read_text()
+    )
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "mnist-work"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "mnist-work"]
+    assert "persistentVolumeClaim" in volume
+    workdir = Path(config.training.workdir)
+    assert workdir.is_relative_to(mount["mountPath"]), (workdir, mount)
 
 
 def test_flow_runs_get_the_environment_the_cli_would_set(project):

@@ -7,7 +7,12 @@ import pytest
 
 from mnist_pipeline.data import Dataset
 from mnist_pipeline.errors import DataValidationError
-from mnist_pipeline.validate import validate_dataset
+from mnist_pipeline.validate import (
+    class_table,
+    image_table,
+    label_table,
+    validate_dataset,
+)
 
 
 def with_arrays(dataset: Dataset, **arrays: np.ndarray) -> Dataset:
@@ -109,6 +114,13 @@ def test_validation_of_70k_images_uses_compact_tables(tiny_dataset):
     big = Dataset(x, y, x[:10000], y[:10000], name="big", source="tiled")
     report = validate_dataset(big)
     assert report.counts == {"train": 72000, "test": 10000}
+    # Compact: one row of a few summary columns per image and per label, one
+    # row per class; never a row (or column) per pixel.
+    images, labels = image_table(x), label_table(y)
+    assert images.shape == (72000, 3) and labels.shape[0] == 72000
+    assert labels.shape[1] <= 3
+    assert class_table(labels, 10).shape[0] == 10
+    assert images.memory_usage(deep=True).sum() < x.nbytes / 20  # uint8 pixels
 
 
 def test_a_one_image_split_with_a_bad_pixel_and_label_is_reported(tiny_dataset):
