@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import typer
 from typer.main import get_command
-from typer.testing import CliRunner
 
 from mnist_pipeline import cli
 from mnist_pipeline.config import (
@@ -83,16 +83,36 @@ def flow_call(monkeypatch):
     return called
 
 
-def _invoke(*args: str):
-    return CliRunner().invoke(cli.app, list(args))
+@dataclass
+class _Result:
+    exit_code: int
+    output: str
+
+
+@pytest.fixture
+def invoke(capsys):
+    """Run ``mnist-pipeline ARGS`` in this process; its exit code and output.
+
+    Through click's own entry (not typer's CliRunner, which swaps the process's
+    streams and, beside pytest's capture in a worker process, closed them).
+    """
+
+    def run(*args: str) -> _Result:
+        code = get_command(cli.app).main(
+            list(args), prog_name="mnist-pipeline", standalone_mode=False
+        )
+        captured = capsys.readouterr()
+        return _Result(code or 0, captured.out + captured.err)
+
+    return run
 
 
 def test_a_config_file_sets_fields_and_the_command_line_overrides_it(
-    tmp_path: Path, flow_call
+    tmp_path: Path, flow_call, invoke
 ):
     config = tmp_path / "night.yaml"
     config.write_text("data: sample\nepochs: 3\nseed: 7\nmnist_origin: http://m/x\n")
-    result = _invoke("train", "--config", str(config), "--seed", "3", "--retrain")
+    result = invoke("train", "--config", str(config), "--seed", "3", "--retrain")
     assert result.exit_code == 0, result.output
     assert flow_call["flow"] == "mnist-training"
     built = flow_call["config"]
@@ -108,13 +128,13 @@ def test_a_config_file_sets_fields_and_the_command_line_overrides_it(
 
 
 def test_a_sweep_config_file_is_a_deployments_sweep_parameters(
-    tmp_path: Path, flow_call
+    tmp_path: Path, flow_call, invoke
 ):
     config = tmp_path / "sweep.yaml"
     config.write_text(
         "grid:\n  epochs: [1, 2]\ntraining:\n  data: sample\n  seed: 4\nworkers: 1\n"
     )
-    result = _invoke("sweep", "--config", str(config), "--test-limit", "100")
+    result = invoke("sweep", "--config", str(config), "--test-limit", "100")
     assert result.exit_code == 0, result.output
     built: SweepConfig = flow_call["config"]
     assert built.grid.epochs == (1, 2) and built.workers == 1
@@ -122,27 +142,29 @@ def test_a_sweep_config_file_is_a_deployments_sweep_parameters(
     assert built.training.test_limit == 100
 
 
-def test_invalid_options_are_one_line_each_naming_the_option(tmp_path, flow_call):
-    result = _invoke("train", "--epochs", "0", "--seed", "-1")
+def test_invalid_options_are_one_line_each_naming_the_option(
+    tmp_path, flow_call, invoke
+):
+    result = invoke("train", "--epochs", "0", "--seed", "-1")
     assert result.exit_code == 1
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: Invalid option(s): --epochs: ")
     assert "; --seed: " in line
     grid = tmp_path / "grid.yaml"
     grid.write_text("epochs: [1]\n")
-    result = _invoke("sweep", "--grid", str(grid), "--seed", "-1")
+    result = invoke("sweep", "--grid", str(grid), "--seed", "-1")
     assert "Invalid option(s): --seed: " in result.output  # not --training-seed
-    result = _invoke("sweep", "--data", "sample")
+    result = invoke("sweep", "--data", "sample")
     assert "--grid FILE is required" in result.output
 
 
-def test_a_broken_config_file_is_refused_in_one_line(tmp_path, flow_call):
+def test_a_broken_config_file_is_refused_in_one_line(tmp_path, flow_call, invoke):
     listed = tmp_path / "list.yaml"
     listed.write_text("- epochs\n")
-    result = _invoke("train", "--config", str(listed))
+    result = invoke("train", "--config", str(listed))
     assert result.exit_code == 1
     assert "expected a mapping of config fields, got list" in result.output
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("epoch: 3\n")
-    result = _invoke("train", "--config", str(unknown))
+    result = invoke("train", "--config", str(unknown))
     assert "--epoch: Extra inputs are not permitted" in result.output
