@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from mnist_pipeline import gate, registry, tracking
+from mnist_pipeline import gate, packaging, registry, runs, tracking_store
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.errors import RegistryError
@@ -99,7 +99,7 @@ def settle_existing(
         promoted = decision == "promoted"
     else:
         verdict, promoted = _gate_existing(existing, config, ref, keras_path)
-    url = tracking.run_url(tracking.client(), experiment_id, existing.run_id)
+    url = runs.run_url(tracking_store.client(), experiment_id, existing.run_id)
     publish_existing(
         existing.tags,
         model_name=config.model_name,
@@ -159,7 +159,7 @@ def check_candidate(
 
     images, labels = _test_split(ref)
     model = keras.saving.load_model(keras_path)
-    served = tracking.load_pyfunc(f"models:/{model_name}/{version}")
+    served = packaging.load_pyfunc(f"models:/{model_name}/{version}")
     return gate.check_candidate(
         in_memory=lambda x: predict_probabilities(model, scale_images(x)),
         served=lambda x: served.predict(as_model_input(x)),
@@ -187,7 +187,7 @@ def promote_if_better(
     against the new one.
     """
     logger = get_run_logger()
-    client = tracking.client()
+    client = tracking_store.client()
     with promotion_lock(model_name, client.tracking_uri, timeout) as held:
         logger.info("Holding %s", " and ".join(held) or "no promotion lock")
         for _ in range(MAX_COMPARISONS):
@@ -257,7 +257,7 @@ def _champion(
             current, recorded, f"same test split as v{current} ({test_digest})"
         )
     images, labels = _test_split(ref)
-    model = tracking.load_pyfunc(f"models:/{model_name}/{current}")
+    model = packaging.load_pyfunc(f"models:/{model_name}/{current}")
     scores = gate.scores(model.predict(as_model_input(images)), labels)
     lineage = (
         f"v{current} was tested on {tags.get('test_digest', 'unrecorded data')} and "
@@ -293,7 +293,7 @@ def _record(
         f"Trained on {ref.name} (dataset {ref.digest}); test accuracy "
         f"{candidate.describe()}. Gate: {outcome.verdict}."
     )
-    tracking.record_gate(
+    registry.record_gate(
         client, run_id, model_name, version, tags, metrics, record, description
     )
 
@@ -302,8 +302,8 @@ def _record_error(run_id: str, model_name: str, version: str, exc: Exception) ->
     """Best effort: the registry may be what failed."""
     reason = redact_text(f"{type(exc).__name__}: {exc}")[:2000]
     try:
-        tracking.record_gate(
-            tracking.client(),
+        registry.record_gate(
+            tracking_store.client(),
             run_id,
             model_name,
             version,

@@ -12,7 +12,7 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
-from mnist_pipeline import registry, tracking
+from mnist_pipeline import packaging, registry, runs, tracking_store
 from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.gate import Scores, score_tags
@@ -74,13 +74,13 @@ class ExistingVersion(BaseModel):
 @task(name="log-params", **MLFLOW_RETRY)
 def log_params(run_id: str, params: Mapping[str, object]) -> None:
     """Log the run's configuration as MLflow params."""
-    tracking.log_params(tracking.client(), run_id, params)
+    runs.log_params(tracking_store.client(), run_id, params)
 
 
 @task(name="log-dataset", **MLFLOW_RETRY)
 def log_dataset(run_id: str, ref: DatasetRef) -> None:
     """Record the train and test splits as MLflow dataset inputs."""
-    tracking.log_datasets(tracking.client(), run_id, ref)
+    runs.log_datasets(tracking_store.client(), run_id, ref)
 
 
 @task(name="log-results", **MLFLOW_RETRY)
@@ -88,12 +88,12 @@ def log_results(
     run_id: str, evaluation: EvaluationSummary, data_plots: list[str]
 ) -> None:
     """Log test metrics, the per-class table and every plot."""
-    client = tracking.client()
-    tracking.log_evaluation(
+    client = tracking_store.client()
+    runs.log_evaluation(
         client, run_id, evaluation.metrics, evaluation.per_class, evaluation.confusion
     )
-    tracking.log_files(client, run_id, map(Path, data_plots), "plots/data")
-    tracking.log_files(client, run_id, map(Path, evaluation.plots), "plots/evaluation")
+    runs.log_files(client, run_id, map(Path, data_plots), "plots/data")
+    runs.log_files(client, run_id, map(Path, evaluation.plots), "plots/evaluation")
 
 
 @task(name="find-training", **MLFLOW_RETRY)
@@ -101,7 +101,7 @@ def find_training(
     model_name: str, key: str, tag: str = TRAINING_KEY_TAG
 ) -> ExistingVersion | None:
     """The registered version that already holds this training (or sweep), if any."""
-    client = tracking.client()
+    client = tracking_store.client()
     try:
         found = registry.versions_tagged(client, model_name, tag, key)
     except MlflowException as exc:
@@ -141,10 +141,10 @@ def register_model(
         **score_tags(scores),
         **tags,
     }
-    _, version = tracking.log_model(
+    _, version = packaging.log_model(
         run_id, Path(trained.path), model_name, example, version_tags
     )
-    registry.set_challenger(tracking.client(), model_name, version)
+    registry.set_challenger(tracking_store.client(), model_name, version)
     get_run_logger().info(
         "Registered %s version %s as @challenger", model_name, version
     )

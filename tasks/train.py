@@ -11,7 +11,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from mnist_pipeline import tracking
+from mnist_pipeline import runs, tracking_store
+from mnist_pipeline.callbacks import EpochMetrics
 from mnist_pipeline.checkpoint import CheckpointFolder, merge_history
 from mnist_pipeline.config import Augmentation
 from mnist_pipeline.preprocess import PreparedData
@@ -61,10 +62,10 @@ def train(
     progress = create_progress_artifact(
         0.0, key="training-progress", description=f"Epoch 0/{epochs}"
     )
-    client = tracking.client()
+    client = tracking_store.client()
     callbacks = [
         EpochLogger(logger, images=len(prepared.x_train)),
-        tracking.EpochMetrics(client, run_id),
+        EpochMetrics(client, run_id),
         _PrefectProgress(progress),
     ]
     folder = Path(workdir) / "checkpoints" / checkpoint_key
@@ -93,7 +94,7 @@ def train(
                     epochs,
                     resume.interrupted_run,
                 )
-                tracking.record_resume(
+                runs.record_resume(
                     client, run_id, resume.previous, resume.interrupted_run
                 )
                 history = merge_history(resume.previous, history)
