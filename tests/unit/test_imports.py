@@ -30,6 +30,7 @@ MODEL_FREE = (
     "mnist_pipeline.runs",
     "mnist_pipeline.registry",
     "mnist_pipeline.packaging",
+    "mnist_pipeline.promotion",
     "flows.registry",
 )
 
