@@ -30,6 +30,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.redact import redact_text, redact_url
+from mnist_pipeline.sweep import TRIAL_TAG
 
 log = logging.getLogger(__name__)
 #: Keras's names for the training metrics, and theirs in MLflow.
@@ -200,10 +201,6 @@ def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None
         return None
     base = redact_url(uri.rstrip("/"))
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-#: Tag of a sweep trial's run: its index in the grid.
-TRIAL_TAG = "sweep.trial"
 
 
 @contextmanager

@@ -20,20 +20,16 @@ from mnist_pipeline.config import TrialParams
 from mnist_pipeline.errors import SweepError
 from mnist_pipeline.preprocess import PreparedData
 from mnist_pipeline.runtime import configure_flow_logs
-from mnist_pipeline.sweep import TrialResult, check_trial, max_concurrency, trial_rows
+from mnist_pipeline.sweep import (
+    TrialResult,
+    check_trial,
+    trial_name,
+    trial_rows,
+    trial_tags,
+    trials_summary,
+)
 from mnist_pipeline.train import EpochLogger, train_model
 from tasks.track import MLFLOW_RETRY
-
-
-def trial_tags(index: int, worker: str | None = None) -> dict[str, str]:
-    """The tags that mark a run as trial ``index`` of a sweep."""
-    tags = {runs.TRIAL_TAG: str(index)}
-    return tags | ({"sweep.worker": worker} if worker else {})
-
-
-def trial_name(index: int, params: TrialParams) -> str:
-    """The MLflow run name of a trial."""
-    return f"trial-{index} ({params.label()})"
 
 
 @task(name="trial", task_run_name="trial-{index}", cache_policy=NO_CACHE)
@@ -140,17 +136,7 @@ def record_trials(
 ) -> None:
     """The trials table in the parent MLflow run and as a Prefect table artifact."""
     rows = trial_rows(results, best_index)
-    failed = sum(r.status == "FAILED" for r in results)
-    tags = {"sweep.trials": str(len(results)), "sweep.failed_trials": str(failed)}
-    metrics = {
-        "trials": len(results),
-        "failed_trials": failed,
-        "max_concurrent_trials": max_concurrency(results),
-    }
-    if best_index is not None:
-        best = next(r for r in results if r.index == best_index)
-        tags |= {"sweep.best_trial": str(best_index), "sweep.best_run_id": best.run_id}
-        metrics["best_val_accuracy"] = best.val_accuracy
+    tags, metrics = trials_summary(results, best_index)
     runs.log_sweep(tracking_store.client(), run_id, rows, tags, metrics)
     create_table_artifact(
         rows,

@@ -15,6 +15,7 @@ from mnist_pipeline.data import save_dataset
 from mnist_pipeline.model import build_model
 from mnist_pipeline.preprocess import scale_images
 from mnist_pipeline.serving import as_model_input
+from mnist_pipeline.sweep import TRIAL_TAG
 
 from ..conftest import loopback_server
 
@@ -105,7 +106,7 @@ def test_registering_again_from_one_run_returns_its_version(run_id, tmp_path):
 def test_trial_runs_nest_under_their_parent(run_id):
     client = tracking_store.client()
     experiment = client.get_run(run_id).info.experiment_id
-    tags = {runs.TRIAL_TAG: "0"}
+    tags = {TRIAL_TAG: "0"}
     with runs.nested_run(client, experiment, run_id, "trial-0", tags) as child:
         pass
     run = client.get_run(child)
@@ -121,7 +122,7 @@ def test_a_failed_trial_gets_a_failed_run_even_when_its_worker_died(run_id):
     opened = client.create_run(
         experiment,
         run_name="trial-1",
-        tags={"mlflow.parentRunId": run_id, runs.TRIAL_TAG: "1"},
+        tags={"mlflow.parentRunId": run_id, TRIAL_TAG: "1"},
     ).info.run_id
     for index in (1, 2):
         run = runs.fail_child_run(
@@ -129,7 +130,7 @@ def test_a_failed_trial_gets_a_failed_run_even_when_its_worker_died(run_id):
             experiment,
             run_id,
             f"trial-{index}",
-            {runs.TRIAL_TAG: str(index)},
+            {TRIAL_TAG: str(index)},
             "KilledWorker: worker died",
         )
         assert run.info.status == "FAILED"
