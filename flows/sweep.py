@@ -23,7 +23,12 @@ from mnist_pipeline import gate, packaging, registry, runs, tracking_store
 from mnist_pipeline.checkpoint import training_claim
 from mnist_pipeline.config import SweepConfig, TrainConfig, TrialParams
 from mnist_pipeline.data import DatasetRef
-from mnist_pipeline.lineage import code_version, training_key
+from mnist_pipeline.lineage import (
+    SWEEP_KEY_TAG,
+    TRAINING_KEY_TAG,
+    code_version,
+    training_key,
+)
 from mnist_pipeline.runtime import configure_flow_logs
 from mnist_pipeline.sweep import TrialResult, best_trial, max_concurrency
 from tasks.caching import cache_storage, cached
@@ -40,8 +45,6 @@ from tasks.sweep import (
     train_trial,
 )
 from tasks.track import (
-    SWEEP_KEY_TAG,
-    TRAINING_KEY_TAG,
     ExistingVersion,
     find_training,
     log_dataset,

@@ -17,7 +17,7 @@ from mnist_pipeline import gate, packaging, registry, runs, tracking_store
 from mnist_pipeline.checkpoint import training_claim
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import DatasetRef
-from mnist_pipeline.lineage import code_version, training_key
+from mnist_pipeline.lineage import TRAINING_KEY_TAG, code_version, training_key
 from mnist_pipeline.runtime import configure_flow_logs
 from tasks.caching import cache_storage, cached
 from tasks.evaluate import evaluate
@@ -28,7 +28,6 @@ from tasks.plot import plot_data
 from tasks.preprocess import preprocess_data
 from tasks.report import publish_summary
 from tasks.track import (
-    TRAINING_KEY_TAG,
     ExistingVersion,
     find_training,
     log_dataset,

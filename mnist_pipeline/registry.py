@@ -23,7 +23,9 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from mnist_pipeline import runs
+from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.gate import Scores, score_tags
 from mnist_pipeline.redact import redact_url
 
 CHAMPION = "champion"
@@ -85,6 +87,33 @@ def versions_tagged(
         raise ValueError(f"not a digest: {value!r}")
     found = client.search_model_versions(f"tags.`{key}` = '{value}'")
     return sorted((v for v in found if v.name == name), key=lambda v: int(v.version))
+
+
+def first_tagged(
+    client: MlflowClient, name: str, key: str, value: str
+) -> ModelVersion | None:
+    """The oldest version of ``name`` tagged ``key=value``; None when there is none,
+    or no registered model ``name`` yet."""
+    try:
+        found = versions_tagged(client, name, key, value)
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return None
+        raise
+    return found[0] if found else None
+
+
+def candidate_tags(
+    ref: DatasetRef, scores: Scores, tags: Mapping[str, str]
+) -> dict[str, str]:
+    """A new version's tags: its data's digests and test scores, then ``tags``."""
+    return {
+        "dataset": ref.name,
+        "dataset_digest": ref.digest,
+        "test_digest": ref.split_digests["test"],
+        **score_tags(scores),
+        **tags,
+    }
 
 
 def set_version_tags(

@@ -15,7 +15,8 @@ from pydantic import BaseModel
 from mnist_pipeline import packaging, registry, runs, tracking_store
 from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.gate import Scores, score_tags
+from mnist_pipeline.gate import Scores
+from mnist_pipeline.lineage import TRAINING_KEY_TAG
 from tasks.evaluate import EvaluationSummary
 from tasks.train import TrainedModel
 
@@ -56,10 +57,6 @@ MLFLOW_RETRY = {
 }
 #: Logging the model uploads its artifacts; large on slow links.
 REGISTER_TIMEOUT = 900
-#: The version tags holding :func:`mnist_pipeline.lineage.training_key` of the
-#: version's training, and of the sweep that found it.
-TRAINING_KEY_TAG = "training_key"
-SWEEP_KEY_TAG = "sweep_key"
 
 
 class ExistingVersion(BaseModel):
@@ -102,15 +99,9 @@ def find_training(
 ) -> ExistingVersion | None:
     """The registered version that already holds this training (or sweep), if any."""
     client = tracking_store.client()
-    try:
-        found = registry.versions_tagged(client, model_name, tag, key)
-    except MlflowException as exc:
-        if registry.is_not_found(exc):  # nothing registered under this name yet
-            return None
-        raise
-    if not found:
+    version = registry.first_tagged(client, model_name, tag, key)
+    if version is None:
         return None
-    version = found[0]
     return ExistingVersion(
         version=str(version.version),
         run_id=version.run_id,
@@ -134,13 +125,7 @@ def register_model(
     digests and the test scores.
     """
     example = open_dataset(ref).x_test[:1].reshape(-1, 28, 28)
-    version_tags = {
-        "dataset": ref.name,
-        "dataset_digest": ref.digest,
-        "test_digest": ref.split_digests["test"],
-        **score_tags(scores),
-        **tags,
-    }
+    version_tags = registry.candidate_tags(ref, scores, tags)
     _, version = packaging.log_model(
         run_id, Path(trained.path), model_name, example, version_tags
     )
