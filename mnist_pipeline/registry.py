@@ -4,7 +4,8 @@ URI, and the gate's verdict on a version.
 Decisions read the registry here, and every read fails closed: only "the alias is
 not set" means "no champion". Any other error (a 5xx, a 403, a connection that
 failed after MLflow's retries, a registered model that does not exist) is raised,
-so it fails the decision instead of becoming one.
+so it fails the decision instead of becoming one. The one exception is
+:func:`first_tagged`: no registered model yet means nothing was trained yet.
 """
 
 from __future__ import annotations
