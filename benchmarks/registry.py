@@ -28,20 +28,20 @@ def main() -> None:
     import mlflow
     import numpy as np
 
-    from mnist_pipeline import tracking
+    from mnist_pipeline import packaging, runs, tracking_store
     from mnist_pipeline.model import build_model
     from mnist_pipeline.serving import as_model_input
 
     keras.utils.set_random_seed(0)
     path = args.folder / "model.keras"
     build_model().save(path)
-    client = tracking.connect(args.uri)
+    client = tracking_store.connect(args.uri)
     experiment = client.create_experiment(
         "bench", artifact_location=(args.folder / "mlruns").as_uri()
     )
     example = np.zeros((1, 28, 28), np.uint8)
-    with tracking.tracked_run(client, experiment, "bench", {}) as run_id:
-        tracking.log_model(run_id, path, NAME, example, {})
+    with runs.tracked_run(client, experiment, "bench", {}) as run_id:
+        packaging.log_model(run_id, path, NAME, example, {})
         mlflow.models.Model.log(
             artifact_path=None,
             name="before",
@@ -49,9 +49,9 @@ def main() -> None:
             run_id=run_id,
             python_model=str(Path(__file__).with_name("keras_predict_model.py")),
             artifacts={"keras_model": str(path)},
-            signature=tracking.SIGNATURE,
+            signature=packaging.SIGNATURE,
             input_example=as_model_input(example),
-            pip_requirements=tracking.pip_requirements(),
+            pip_requirements=packaging.pip_requirements(),
             registered_model_name=NAME,
         )
     client.set_registered_model_alias(NAME, "champion", "1")

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from mnist_pipeline import registry, tracking
+from mnist_pipeline import registry, tracking_store
 from mnist_pipeline.config import PruneConfig
 from mnist_pipeline.prune import Removal, apply_prune, plan_prune
 from mnist_pipeline.runtime import configure_flow_logs
@@ -33,7 +33,7 @@ def prune_outputs(config: PruneConfig) -> PruneResult:
     their local models, whatever their age.
     """
     configure_flow_logs()
-    client = tracking.connect()
+    client = tracking_store.connect()
     keep, registered = registry.runs_to_keep(
         client, config.model_name, config.keep_versions
     )

@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from mnist_pipeline import tracking
+from mnist_pipeline import registry, runs, tracking_store
 from mnist_pipeline.config import PredictConfig
 from mnist_pipeline.runtime import configure_flow_logs
 from tasks.predict import log_predictions, predict_images
@@ -32,9 +32,9 @@ def mnist_predict(config: PredictConfig) -> PredictionResult:
     An alias is resolved once: the version recorded is the version that predicts.
     """
     configure_flow_logs()
-    client = tracking.connect()
-    experiment_id = tracking.ensure_experiment(client, config.experiment)
-    model_name, version = tracking.resolve_model_uri(client, config.model_uri)
+    client = tracking_store.connect()
+    experiment_id = tracking_store.ensure_experiment(client, config.experiment)
+    model_name, version = registry.resolve_model_uri(client, config.model_uri)
     # The version just resolved and recorded is the one loaded, not the alias
     # again: a promotion in between must not change which model predicts.
     pinned = f"models:/{model_name}/{version}" if version else config.model_uri
@@ -45,9 +45,7 @@ def mnist_predict(config: PredictConfig) -> PredictionResult:
         "model_version": f"{model_name}/{version}" if version else "unregistered",
         "model_uri_loaded": pinned,
     }
-    with tracking.tracked_run(
-        client, experiment_id, flow_run.get_name(), tags
-    ) as run_id:
+    with runs.tracked_run(client, experiment_id, flow_run.get_name(), tags) as run_id:
         log_params(run_id, config.model_dump() | {"model_version": version})
         summary = predict_images(pinned, config.input, config.output, config.chunk_size)
         log_predictions(run_id, summary, config.output)

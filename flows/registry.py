@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from mnist_pipeline import registry, tracking
+from mnist_pipeline import registry, tracking_store
 from mnist_pipeline.config import RegistryConfig
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.runtime import configure_flow_logs
@@ -21,7 +21,7 @@ def promote_model(config: RegistryConfig) -> str | None:
     configure_flow_logs()
     if config.version is None:
         raise RegistryError("Promote needs a version (--version N).")
-    client = tracking.connect()
+    client = tracking_store.connect()
     version = str(config.version)
     registry.check_version(client, config.model_name, version)
     with promotion_lock(
@@ -40,7 +40,7 @@ def promote_model(config: RegistryConfig) -> str | None:
 def rollback_model(config: RegistryConfig) -> tuple[str, str]:
     """Move ``@champion`` back to the version the current champion replaced."""
     configure_flow_logs()
-    client = tracking.connect()
+    client = tracking_store.connect()
     with promotion_lock(
         config.model_name, client.tracking_uri, config.promotion_timeout
     ):

@@ -19,11 +19,16 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel
 
-from mnist_pipeline import gate, registry, tracking
+from mnist_pipeline import gate, packaging, registry, runs, tracking_store
 from mnist_pipeline.checkpoint import training_claim
 from mnist_pipeline.config import SweepConfig, TrainConfig, TrialParams
 from mnist_pipeline.data import DatasetRef
-from mnist_pipeline.lineage import code_version, training_key
+from mnist_pipeline.lineage import (
+    SWEEP_KEY_TAG,
+    TRAINING_KEY_TAG,
+    code_version,
+    training_key,
+)
 from mnist_pipeline.runtime import configure_flow_logs
 from mnist_pipeline.sweep import TrialResult, best_trial, max_concurrency
 from tasks.caching import cache_storage, cached
@@ -40,8 +45,6 @@ from tasks.sweep import (
     train_trial,
 )
 from tasks.track import (
-    SWEEP_KEY_TAG,
-    TRAINING_KEY_TAG,
     ExistingVersion,
     find_training,
     log_dataset,
@@ -93,13 +96,11 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
     configure_flow_logs()
     training = config.training
     workdir = os.path.abspath(training.workdir)  # trials run in other processes
-    client = tracking.connect()
-    experiment_id = tracking.ensure_experiment(client, training.experiment)
+    client = tracking_store.connect()
+    experiment_id = tracking_store.ensure_experiment(client, training.experiment)
     lineage = flow_run_tags(ENTRYPOINT) | {"sweep.parent": "true"}
     cache = cache_storage(workdir)
-    with tracking.recorded_run(
-        client, experiment_id, flow_run.get_name(), lineage
-    ) as run:
+    with runs.recorded_run(client, experiment_id, flow_run.get_name(), lineage) as run:
         data = cached(load_data, cache)(
             training.data,
             workdir,
@@ -131,7 +132,7 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
                 config.trials(),
                 prepared_path=prepared,
                 seed=training.seed,
-                tracking_uri=tracking.portable_uri(client.tracking_uri),
+                tracking_uri=tracking_store.portable_uri(client.tracking_uri),
                 experiment_id=experiment_id,
                 parent_run_id=run_id,
                 workdir=workdir,
@@ -180,7 +181,7 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
             version=version,
             version_url=registry.version_url(client, training.model_name, version),
             run_id=best.run_id,
-            run_url=tracking.run_url(client, experiment_id, best.run_id),
+            run_url=runs.run_url(client, experiment_id, best.run_id),
             gate=outcome.verdict,
             training_key=key,
             code_version=code_version(),
@@ -289,7 +290,7 @@ def _already_swept(
         key=sweep_key,
         experiment_id=experiment_id,
         keras_path=lambda: str(
-            tracking.download_keras_model(training.model_name, existing.version)
+            packaging.download_keras_model(training.model_name, existing.version)
         ),
     )
     return SweepResult(

@@ -13,11 +13,11 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from mnist_pipeline import gate, registry, tracking
+from mnist_pipeline import gate, packaging, registry, runs, tracking_store
 from mnist_pipeline.checkpoint import training_claim
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import DatasetRef
-from mnist_pipeline.lineage import code_version, training_key
+from mnist_pipeline.lineage import TRAINING_KEY_TAG, code_version, training_key
 from mnist_pipeline.runtime import configure_flow_logs
 from tasks.caching import cache_storage, cached
 from tasks.evaluate import evaluate
@@ -28,7 +28,6 @@ from tasks.plot import plot_data
 from tasks.preprocess import preprocess_data
 from tasks.report import publish_summary
 from tasks.track import (
-    TRAINING_KEY_TAG,
     ExistingVersion,
     find_training,
     log_dataset,
@@ -72,15 +71,13 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
     already holds trains and registers nothing, unless ``config.retrain``.
     """
     configure_flow_logs()
-    client = tracking.connect()
-    experiment_id = tracking.ensure_experiment(client, config.experiment)
+    client = tracking_store.connect()
+    experiment_id = tracking_store.ensure_experiment(client, config.experiment)
     lineage = flow_run_tags(ENTRYPOINT)
     # The data stages persist their results in the workdir's stage cache: a
     # re-run on the same data skips them.
     cache = cache_storage(config.workdir)
-    with tracking.recorded_run(
-        client, experiment_id, flow_run.get_name(), lineage
-    ) as run:
+    with runs.recorded_run(client, experiment_id, flow_run.get_name(), lineage) as run:
         data = cached(load_data, cache)(
             config.data,
             config.workdir,
@@ -141,7 +138,7 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
                 seed=config.seed,
                 timeout=config.promotion_timeout,
             )
-        url = tracking.run_url(client, experiment_id, run_id)
+        url = runs.run_url(client, experiment_id, run_id)
         publish_summary(
             metrics=evaluation.metrics,
             per_class=evaluation.per_class,
@@ -205,4 +202,4 @@ def _keras_model(config: TrainConfig, existing: ExistingVersion) -> str:
     local = Path(config.workdir) / "models" / str(existing.run_id) / "model.keras"
     if local.is_file():
         return str(local)
-    return str(tracking.download_keras_model(config.model_name, existing.version))
+    return str(packaging.download_keras_model(config.model_name, existing.version))

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,10 @@ import keras
 from mnist_pipeline.files import atomic_write, exclusive_lock
 
 log = logging.getLogger(__name__)
+
+History = dict[str, list[float]]
+#: A fit from ``initial_epoch`` with these callbacks first: the model, its history.
+Fit = Callable[[list[keras.callbacks.Callback], int], tuple[keras.Model, History]]
 
 HISTORY_FILE = "history.json"
 OWNER_FILE = "run.json"
@@ -258,3 +262,41 @@ def merge_history(
     """Earlier epochs' metrics followed by this fit's, per metric."""
     merged = {key: [e[key] for e in previous if key in e] for key in current}
     return {key: merged[key] + list(values) for key, values in current.items()}
+
+
+def fit_resumably(
+    folder: Path,
+    run_id: str,
+    fit: Fit,
+    *,
+    logger: logging.Logger | logging.LoggerAdapter = log,
+    on_resume: Callable[[Resume], None] = lambda resume: None,
+) -> tuple[keras.Model, History]:
+    """Run ``fit`` from the checkpoint in ``folder``; clear it once the fit is done.
+
+    Args:
+        folder: this training's checkpoint folder.
+        run_id: the run training now (recorded as the folder's owner).
+        fit: trains, given the checkpoint's callbacks (first in its list) and
+            the epoch to start at.
+        logger: where a fit without a checkpoint is reported.
+        on_resume: called after a resumed fit, before the checkpoint is cleared
+            (a failure there leaves the checkpoint for the next try).
+
+    Returns:
+        The model, and the history of every epoch, the resumed ones included.
+    """
+    with CheckpointFolder(folder) as checkpoint:
+        if not checkpoint.acquired:
+            logger.warning(
+                "Another run is training this same configuration; this run trains "
+                "without a resumable checkpoint."
+            )
+            return fit([], 0)
+        resume = checkpoint.start(run_id)
+        model, history = fit(resume.callbacks, resume.initial_epoch)
+        if resume.resumed:
+            on_resume(resume)
+            history = merge_history(resume.previous, history)
+        checkpoint.clear()
+    return model, history

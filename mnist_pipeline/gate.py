@@ -9,8 +9,9 @@ same when loaded back from the registry and, when there is a champion, be
 a nightly on unchanged data never moves the alias and the champion's accuracy
 on a fixed test split never goes down.
 
-Everything here is plain computation on arrays and figures; the tasks in
-``tasks/gate.py`` load the models and call it.
+Everything here is plain computation on arrays and figures;
+:mod:`mnist_pipeline.promotion` reads the champion's figures from the registry,
+and the tasks in ``tasks/gate.py`` load the models and call both.
 """
 
 from __future__ import annotations

@@ -39,6 +39,10 @@ TRAINING_LIBRARIES = (
     ("numpy",),
     ("scikit-learn",),
 )
+#: The version tags holding :func:`training_key` of the version's training, and
+#: of the sweep that found it.
+TRAINING_KEY_TAG = "training_key"
+SWEEP_KEY_TAG = "sweep_key"
 PACKAGE = "mnist-pipeline"
 LOCK_FILE = "requirements.lock"
 _REPO = Path(__file__).resolve().parents[1]

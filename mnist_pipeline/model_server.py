@@ -245,10 +245,10 @@ def serve(config: ServeConfig, announce: Callable[[str], None] = print) -> None:
     """
     import mlflow.artifacts
 
-    from mnist_pipeline import tracking
+    from mnist_pipeline import registry, tracking_store
 
-    client = tracking.connect()
-    name, version = tracking.resolve_model_uri(client, config.model_uri)
+    client = tracking_store.connect()
+    name, version = registry.resolve_model_uri(client, config.model_uri)
     pinned = f"models:/{name}/{version}" if version else config.model_uri
     with tempfile.TemporaryDirectory(prefix="mnist-serve-") as folder:
         path = mlflow.artifacts.download_artifacts(pinned, dst_path=folder)

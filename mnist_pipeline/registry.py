@@ -1,9 +1,11 @@
-"""The model registry: aliases and their audit trail, versions found by tag.
+"""The model registry: aliases and their audit trail, versions found by tag or
+URI, and the gate's verdict on a version.
 
 Decisions read the registry here, and every read fails closed: only "the alias is
 not set" means "no champion". Any other error (a 5xx, a 403, a connection that
 failed after MLflow's retries, a registered model that does not exist) is raised,
-so it fails the decision instead of becoming one.
+so it fails the decision instead of becoming one. The one exception is
+:func:`first_tagged`: no registered model yet means nothing was trained yet.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from collections.abc import Mapping
 
 from mlflow import MlflowClient
+from mlflow.entities import RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
@@ -20,7 +23,10 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 
+from mnist_pipeline import runs
+from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.gate import Scores, score_tags
 from mnist_pipeline.redact import redact_url
 
 CHAMPION = "champion"
@@ -84,12 +90,73 @@ def versions_tagged(
     return sorted((v for v in found if v.name == name), key=lambda v: int(v.version))
 
 
+def first_tagged(
+    client: MlflowClient, name: str, key: str, value: str
+) -> ModelVersion | None:
+    """The oldest version of ``name`` tagged ``key=value``; None when there is none,
+    or no registered model ``name`` yet."""
+    try:
+        found = versions_tagged(client, name, key, value)
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return None
+        raise
+    return found[0] if found else None
+
+
+def candidate_tags(
+    ref: DatasetRef, scores: Scores, tags: Mapping[str, str]
+) -> dict[str, str]:
+    """A new version's tags: its data's digests and test scores, then ``tags``."""
+    return {
+        "dataset": ref.name,
+        "dataset_digest": ref.digest,
+        "test_digest": ref.split_digests["test"],
+        **score_tags(scores),
+        **tags,
+    }
+
+
 def set_version_tags(
     client: MlflowClient, name: str, version: str, tags: Mapping[str, str]
 ) -> None:
     """Write tags on a model version."""
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+
+
+def registered_version(
+    client: MlflowClient, model_name: str, run_id: str
+) -> ModelVersion | None:
+    """The version of ``model_name`` registered from ``run_id``, if any."""
+    # run ids are hex; filtering names in Python spares quoting them.
+    found = client.search_model_versions(f"run_id = '{run_id}'")
+    mine = [v for v in found if v.name == model_name]
+    return min(mine, key=lambda v: int(v.version)) if mine else None
+
+
+def record_gate(
+    client: MlflowClient,
+    run_id: str,
+    name: str,
+    version: str,
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+    record: Mapping[str, object] | None = None,
+    description: str | None = None,
+) -> None:
+    """The gate's verdict as tags on the run and the version; figures as metrics.
+
+    ``record`` (every check and figure) becomes ``gate/decision.json`` on the
+    run; ``description`` the version's one-sentence description.
+    """
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    set_version_tags(client, name, version, tags)
+    runs.log_metrics(client, run_id, metrics)
+    if record is not None:
+        client.log_dict(run_id, dict(record), "gate/decision.json")
+    if description is not None:
+        client.update_model_version(name, version, description=description)
 
 
 def move_champion(
@@ -198,6 +265,54 @@ def check_version(client: MlflowClient, name: str, version: str) -> ModelVersion
         if not is_not_found(exc):
             raise
         raise RegistryError(f"Model '{name}' has no version {version}.") from exc
+
+
+def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str | None, str | None]:
+    """A registry model URI as (name, version); (None, None) outside the registry.
+
+    ``models:/name/version``, ``models:/name@alias`` and ``models:/name/latest``
+    are resolved to the version they name now.
+
+    Raises:
+        RegistryError: the URI names a registered model that lacks the version
+            or alias, or has no version at all (``latest``).
+    """
+    if not uri.startswith("models:/"):
+        return None, None
+    ref = uri.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        try:
+            version = alias_version(client, name, alias)
+        except MlflowException as exc:
+            if not is_not_found(exc):
+                raise
+            raise RegistryError(f"No registered model '{name}' ({uri}).") from exc
+        if version is None:
+            raise RegistryError(f"Model '{name}' has no alias @{alias} ({uri}).")
+        return name, version
+    name, _, version = ref.partition("/")
+    if version.isdigit():
+        check_version(client, name, version)
+        return name, version
+    if version.lower() == "latest":  # case-insensitive, as MLflow reads it
+        return name, latest_version(client, name, uri)
+    return None, None
+
+
+def latest_version(client: MlflowClient, name: str, uri: str) -> str:
+    """The highest version of ``name``: what MLflow loads for ``models:/name/latest``.
+
+    Raises:
+        RegistryError: ``name`` has no version.
+    """
+    quote = '"' if "'" in name else "'"
+    found = client.search_model_versions(
+        f"name = {quote}{name}{quote}", max_results=1, order_by=["version_number DESC"]
+    )
+    if not found:
+        raise RegistryError(f"Model '{name}' has no registered version ({uri}).")
+    return str(found[0].version)
 
 
 def version_url(client: MlflowClient, name: str, version: str) -> str | None:

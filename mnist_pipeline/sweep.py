@@ -19,6 +19,8 @@ from mnist_pipeline.config import SWEPT_FIELDS, SweepGrid, TrialParams
 from mnist_pipeline.errors import SweepError
 
 TrialStatus = Literal["FINISHED", "FAILED"]
+#: Tag of a sweep trial's run: its index in the grid.
+TRIAL_TAG = "sweep.trial"
 
 
 class TrialResult(BaseModel):
@@ -111,6 +113,35 @@ def max_concurrency(results: Sequence[TrialResult]) -> int:
         running += change
         peak = max(peak, running)
     return peak
+
+
+def trial_tags(index: int, worker: str | None = None) -> dict[str, str]:
+    """The tags that mark a run as trial ``index`` of a sweep."""
+    tags = {TRIAL_TAG: str(index)}
+    return tags | ({"sweep.worker": worker} if worker else {})
+
+
+def trial_name(index: int, params: TrialParams) -> str:
+    """The MLflow run name of a trial."""
+    return f"trial-{index} ({params.label()})"
+
+
+def trials_summary(
+    results: Sequence[TrialResult], best_index: int | None
+) -> tuple[dict[str, str], dict[str, float]]:
+    """The sweep run's tags and metrics: trials, failures, overlap, the best one."""
+    failed = sum(r.status == "FAILED" for r in results)
+    tags = {"sweep.trials": str(len(results)), "sweep.failed_trials": str(failed)}
+    metrics = {
+        "trials": len(results),
+        "failed_trials": failed,
+        "max_concurrent_trials": max_concurrency(results),
+    }
+    if best_index is not None:
+        best = next(r for r in results if r.index == best_index)
+        tags |= {"sweep.best_trial": str(best_index), "sweep.best_run_id": best.run_id}
+        metrics["best_val_accuracy"] = best.val_accuracy
+    return tags, metrics
 
 
 def trial_rows(

@@ -10,43 +10,26 @@ the version ``@challenger`` with ``gate.decision=error`` and the reason.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from mnist_pipeline import gate, registry, tracking
+from mnist_pipeline import gate, packaging, promotion, registry, runs, tracking_store
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.preprocess import scale_images
-from mnist_pipeline.redact import redact_text
-from mnist_pipeline.report import gate_markdown, gate_sentence
+from mnist_pipeline.promotion import GateOutcome
+from mnist_pipeline.report import gate_markdown
 from mnist_pipeline.serving import as_model_input, predict_probabilities
 from tasks.locking import promotion_lock
 from tasks.report import publish_existing
 from tasks.track import MLFLOW_RETRY, ExistingVersion
 
-#: How often the comparison is redone when ``@champion`` moves under it.
-MAX_COMPARISONS = 3
 #: Loading two models and predicting a test split; generous for full MNIST.
 GATE_TIMEOUT = 900
-
-
-@dataclass(frozen=True)
-class GateOutcome:
-    """The gate's decision, the champion it compared with, and on what data."""
-
-    decision: gate.Decision
-    compared_with: str | None
-    lineage: str
-
-    @property
-    def verdict(self) -> str:
-        """One line for the CLI and the run summary."""
-        return gate_sentence(self.decision, self.compared_with)
 
 
 def run_gate(
@@ -93,13 +76,9 @@ def settle_existing(
         The verdict line, whether the version is (now) the champion, and the
         link to the MLflow run that trained it.
     """
-    decision = existing.tags.get("gate.decision")
-    if decision in ("promoted", "rejected"):
-        verdict = existing.tags.get("gate.reason", decision)
-        promoted = decision == "promoted"
-    else:
-        verdict, promoted = _gate_existing(existing, config, ref, keras_path)
-    url = tracking.run_url(tracking.client(), experiment_id, existing.run_id)
+    recorded = promotion.recorded_verdict(existing.tags)
+    verdict, promoted = recorded or _gate_existing(existing, config, ref, keras_path)
+    url = runs.run_url(tracking_store.client(), experiment_id, existing.run_id)
     publish_existing(
         existing.tags,
         model_name=config.model_name,
@@ -159,7 +138,7 @@ def check_candidate(
 
     images, labels = _test_split(ref)
     model = keras.saving.load_model(keras_path)
-    served = tracking.load_pyfunc(f"models:/{model_name}/{version}")
+    served = packaging.load_pyfunc(f"models:/{model_name}/{version}")
     return gate.check_candidate(
         in_memory=lambda x: predict_probabilities(model, scale_images(x)),
         served=lambda x: served.predict(as_model_input(x)),
@@ -187,36 +166,21 @@ def promote_if_better(
     against the new one.
     """
     logger = get_run_logger()
-    client = tracking.client()
+    client = tracking_store.client()
     with promotion_lock(model_name, client.tracking_uri, timeout) as held:
         logger.info("Holding %s", " and ".join(held) or "no promotion lock")
-        for _ in range(MAX_COMPARISONS):
-            found = _champion(client, model_name, version, ref)
-            outcome = GateOutcome(
-                gate.decide(candidate, checks, found.scores, thresholds),
-                found.version,
-                found.lineage,
-            )
-            if outcome.decision.promote and outcome.compared_with != version:
-                try:
-                    registry.move_champion(
-                        client,
-                        model_name,
-                        version,
-                        by="gate",
-                        reason=f"run {run_id}",
-                        expected=outcome.compared_with,
-                        check_expected=True,
-                    )
-                except registry.ChampionMovedError as moved:
-                    logger.warning("%s Comparing again.", moved)
-                    continue
-            break
-        else:
-            raise RegistryError(
-                f"@champion of '{model_name}' moved {MAX_COMPARISONS} times during "
-                "the comparison; nothing was promoted."
-            )
+        outcome = promotion.compare_and_promote(
+            client,
+            run_id=run_id,
+            model_name=model_name,
+            version=version,
+            candidate=candidate,
+            checks=checks,
+            ref=ref,
+            thresholds=thresholds,
+            rescore=lambda current: _rescore(model_name, current, ref),
+            logger=logger,
+        )
         _record(client, run_id, model_name, version, outcome, candidate, ref)
     logger.info("Gate, %s v%s: %s", model_name, version, outcome.verdict)
     create_markdown_artifact(
@@ -233,39 +197,11 @@ def promote_if_better(
     return outcome
 
 
-@dataclass(frozen=True)
-class _Champion:
-    version: str | None
-    scores: gate.Scores | None
-    lineage: str
-
-
-def _champion(
-    client: MlflowClient, model_name: str, version: str, ref: DatasetRef
-) -> _Champion:
-    """The current champion's scores on the candidate's test images."""
-    test_digest = ref.split_digests["test"]
-    current = registry.alias_version(client, model_name, registry.CHAMPION)
-    if current is None:
-        return _Champion(None, None, "no champion yet")
-    if current == version:  # a retried run whose alias move had gone through
-        return _Champion(current, None, f"v{current} is this version already")
-    tags = client.get_model_version(model_name, current).tags
-    recorded = gate.recorded_scores(tags, test_digest)
-    if recorded is not None:
-        return _Champion(
-            current, recorded, f"same test split as v{current} ({test_digest})"
-        )
+def _rescore(model_name: str, version: str, ref: DatasetRef) -> gate.Scores:
+    """A registered version's scores on this run's test split."""
     images, labels = _test_split(ref)
-    model = tracking.load_pyfunc(f"models:/{model_name}/{current}")
-    scores = gate.scores(model.predict(as_model_input(images)), labels)
-    lineage = (
-        f"v{current} was tested on {tags.get('test_digest', 'unrecorded data')} and "
-        f"trained on {tags.get('dataset', '?')} ({tags.get('dataset_digest', '?')}); "
-        f"re-scored on this run's test split {test_digest} "
-        f"({ref.name}, dataset {ref.digest})"
-    )
-    return _Champion(current, scores, lineage)
+    model = packaging.load_pyfunc(f"models:/{model_name}/{version}")
+    return gate.scores(model.predict(as_model_input(images)), labels)
 
 
 def _record(
@@ -277,37 +213,28 @@ def _record(
     candidate: gate.Scores,
     ref: DatasetRef,
 ) -> None:
-    decision = outcome.decision
-    tags = {
-        "gate.decision": "promoted" if decision.promote else "rejected",
-        "gate.compared_with": _label(outcome.compared_with),
-        "gate.reason": outcome.verdict,
-        "gate.test_split": outcome.lineage,
-    }
-    metrics = {f"gate_{name}": value for name, value in decision.figures.items()}
-    record = decision.as_dict() | {
-        "compared_with": outcome.compared_with,
-        "lineage": outcome.lineage,
-    }
-    description = (
-        f"Trained on {ref.name} (dataset {ref.digest}); test accuracy "
-        f"{candidate.describe()}. Gate: {outcome.verdict}."
-    )
-    tracking.record_gate(
-        client, run_id, model_name, version, tags, metrics, record, description
+    verdict = promotion.gate_record(outcome, candidate, ref)
+    registry.record_gate(
+        client,
+        run_id,
+        model_name,
+        version,
+        verdict.tags,
+        verdict.metrics,
+        verdict.record,
+        verdict.description,
     )
 
 
 def _record_error(run_id: str, model_name: str, version: str, exc: Exception) -> None:
     """Best effort: the registry may be what failed."""
-    reason = redact_text(f"{type(exc).__name__}: {exc}")[:2000]
     try:
-        tracking.record_gate(
-            tracking.client(),
+        registry.record_gate(
+            tracking_store.client(),
             run_id,
             model_name,
             version,
-            {"gate.decision": "error", "gate.reason": reason},
+            promotion.error_tags(exc),
             {},
         )
     except Exception as again:  # noqa: BLE001 - the original error is raised
@@ -322,7 +249,3 @@ def _record_error(run_id: str, model_name: str, version: str, exc: Exception) ->
 def _test_split(ref: DatasetRef) -> tuple[np.ndarray, np.ndarray]:
     data = open_dataset(ref)
     return data.x_test.reshape(-1, 28, 28), data.y_test.astype(np.int64)
-
-
-def _label(version: str | None) -> str:
-    return f"v{version}" if version else "none"

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mnist_pipeline import tracking
+from mnist_pipeline import packaging, runs, tracking_store
 from mnist_pipeline.predict import BatchSummary, open_input, predict_to_csv
 from mnist_pipeline.serving import as_model_input
 from tasks.track import MLFLOW_RETRY
@@ -56,7 +56,7 @@ def predict_images(
         The run's metrics, and ``errors``: the list of unreadable files, if any.
     """
     source = open_input(Path(input_path))
-    model = tracking.load_pyfunc(model_uri)
+    model = packaging.load_pyfunc(model_uri)
     logger = get_run_logger()
     logger.info(
         "Predicting %d image(s) of %s with %s", source.count, input_path, model_uri
@@ -90,10 +90,10 @@ def predict_images(
 @task(name="log-predictions", **MLFLOW_RETRY)
 def log_predictions(run_id: str, summary: dict, output_path: str) -> None:
     """Log the prediction counts, the CSV and the list of unreadable files."""
-    client = tracking.client()
+    client = tracking_store.client()
     metrics = {k: v for k, v in summary.items() if k != "errors"}
-    tracking.log_metrics(client, run_id, metrics)
+    runs.log_metrics(client, run_id, metrics)
     files = [Path(output_path)] + (
         [Path(summary["errors"])] if summary["errors"] else []
     )
-    tracking.log_files(client, run_id, files, "predictions")
+    runs.log_files(client, run_id, files, "predictions")

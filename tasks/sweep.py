@@ -14,25 +14,22 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mnist_pipeline import tracking
+from mnist_pipeline import runs, tracking_store
+from mnist_pipeline.callbacks import EpochMetrics
 from mnist_pipeline.config import TrialParams
 from mnist_pipeline.errors import SweepError
 from mnist_pipeline.preprocess import PreparedData
 from mnist_pipeline.runtime import configure_flow_logs
-from mnist_pipeline.sweep import TrialResult, check_trial, max_concurrency, trial_rows
+from mnist_pipeline.sweep import (
+    TrialResult,
+    check_trial,
+    trial_name,
+    trial_rows,
+    trial_tags,
+    trials_summary,
+)
 from mnist_pipeline.train import EpochLogger, train_model
 from tasks.track import MLFLOW_RETRY
-
-
-def trial_tags(index: int, worker: str | None = None) -> dict[str, str]:
-    """The tags that mark a run as trial ``index`` of a sweep."""
-    tags = {tracking.TRIAL_TAG: str(index)}
-    return tags | ({"sweep.worker": worker} if worker else {})
-
-
-def trial_name(index: int, params: TrialParams) -> str:
-    """The MLflow run name of a trial."""
-    return f"trial-{index} ({params.label()})"
 
 
 @task(name="trial", task_run_name="trial-{index}", cache_policy=NO_CACHE)
@@ -51,15 +48,15 @@ def train_trial(
     configure_flow_logs()  # in this worker process too
     logger = get_run_logger()
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    client = tracking.connect(tracking_uri)
-    with tracking.nested_run(
+    client = tracking_store.connect(tracking_uri)
+    with runs.nested_run(
         client,
         experiment_id,
         parent_run_id,
         trial_name(index, params),
         trial_tags(index, worker),
     ) as run_id:
-        tracking.log_params(client, run_id, params.flat_params() | {"seed": seed})
+        runs.log_params(client, run_id, params.flat_params() | {"seed": seed})
         if not Path(prepared_path).is_file():
             raise SweepError(
                 f"Worker {worker} cannot read {prepared_path}: the work folder "
@@ -79,7 +76,7 @@ def train_trial(
             augmentation=params.augmentation,
             callbacks=[
                 EpochLogger(logger, images=len(prepared.x_train)),
-                tracking.EpochMetrics(client, run_id),
+                EpochMetrics(client, run_id),
             ],
         )
         path = Path(workdir) / "models" / run_id / "model.keras"
@@ -111,8 +108,8 @@ def record_failed_trial(
     parent_run_id: str,
 ) -> TrialResult:
     """Make sure a failed trial's run is FAILED with the reason; describe it."""
-    run = tracking.fail_child_run(
-        tracking.client(),
+    run = runs.fail_child_run(
+        tracking_store.client(),
         experiment_id,
         parent_run_id,
         trial_name(index, params),
@@ -139,18 +136,8 @@ def record_trials(
 ) -> None:
     """The trials table in the parent MLflow run and as a Prefect table artifact."""
     rows = trial_rows(results, best_index)
-    failed = sum(r.status == "FAILED" for r in results)
-    tags = {"sweep.trials": str(len(results)), "sweep.failed_trials": str(failed)}
-    metrics = {
-        "trials": len(results),
-        "failed_trials": failed,
-        "max_concurrent_trials": max_concurrency(results),
-    }
-    if best_index is not None:
-        best = next(r for r in results if r.index == best_index)
-        tags |= {"sweep.best_trial": str(best_index), "sweep.best_run_id": best.run_id}
-        metrics["best_val_accuracy"] = best.val_accuracy
-    tracking.log_sweep(tracking.client(), run_id, rows, tags, metrics)
+    tags, metrics = trials_summary(results, best_index)
+    runs.log_sweep(tracking_store.client(), run_id, rows, tags, metrics)
     create_table_artifact(
         rows,
         key="sweep-trials",
@@ -161,8 +148,8 @@ def record_trials(
 @task(name="record-outcome", **MLFLOW_RETRY)
 def record_outcome(run_id: str, test_accuracy: float, version: str, gate: str) -> None:
     """What became of the best trial, on the parent run."""
-    tracking.log_sweep_outcome(
-        tracking.client(),
+    runs.log_sweep_outcome(
+        tracking_store.client(),
         run_id,
         tags={"sweep.registered_version": version, "sweep.gate": gate},
         metrics={"best_test_accuracy": test_accuracy},

@@ -12,10 +12,11 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
-from mnist_pipeline import registry, tracking
+from mnist_pipeline import packaging, registry, runs, tracking_store
 from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.gate import Scores, score_tags
+from mnist_pipeline.gate import Scores
+from mnist_pipeline.lineage import TRAINING_KEY_TAG
 from tasks.evaluate import EvaluationSummary
 from tasks.train import TrainedModel
 
@@ -56,10 +57,6 @@ MLFLOW_RETRY = {
 }
 #: Logging the model uploads its artifacts; large on slow links.
 REGISTER_TIMEOUT = 900
-#: The version tags holding :func:`mnist_pipeline.lineage.training_key` of the
-#: version's training, and of the sweep that found it.
-TRAINING_KEY_TAG = "training_key"
-SWEEP_KEY_TAG = "sweep_key"
 
 
 class ExistingVersion(BaseModel):
@@ -74,13 +71,13 @@ class ExistingVersion(BaseModel):
 @task(name="log-params", **MLFLOW_RETRY)
 def log_params(run_id: str, params: Mapping[str, object]) -> None:
     """Log the run's configuration as MLflow params."""
-    tracking.log_params(tracking.client(), run_id, params)
+    runs.log_params(tracking_store.client(), run_id, params)
 
 
 @task(name="log-dataset", **MLFLOW_RETRY)
 def log_dataset(run_id: str, ref: DatasetRef) -> None:
     """Record the train and test splits as MLflow dataset inputs."""
-    tracking.log_datasets(tracking.client(), run_id, ref)
+    runs.log_datasets(tracking_store.client(), run_id, ref)
 
 
 @task(name="log-results", **MLFLOW_RETRY)
@@ -88,12 +85,12 @@ def log_results(
     run_id: str, evaluation: EvaluationSummary, data_plots: list[str]
 ) -> None:
     """Log test metrics, the per-class table and every plot."""
-    client = tracking.client()
-    tracking.log_evaluation(
+    client = tracking_store.client()
+    runs.log_evaluation(
         client, run_id, evaluation.metrics, evaluation.per_class, evaluation.confusion
     )
-    tracking.log_files(client, run_id, map(Path, data_plots), "plots/data")
-    tracking.log_files(client, run_id, map(Path, evaluation.plots), "plots/evaluation")
+    runs.log_files(client, run_id, map(Path, data_plots), "plots/data")
+    runs.log_files(client, run_id, map(Path, evaluation.plots), "plots/evaluation")
 
 
 @task(name="find-training", **MLFLOW_RETRY)
@@ -101,16 +98,10 @@ def find_training(
     model_name: str, key: str, tag: str = TRAINING_KEY_TAG
 ) -> ExistingVersion | None:
     """The registered version that already holds this training (or sweep), if any."""
-    client = tracking.client()
-    try:
-        found = registry.versions_tagged(client, model_name, tag, key)
-    except MlflowException as exc:
-        if registry.is_not_found(exc):  # nothing registered under this name yet
-            return None
-        raise
-    if not found:
+    client = tracking_store.client()
+    version = registry.first_tagged(client, model_name, tag, key)
+    if version is None:
         return None
-    version = found[0]
     return ExistingVersion(
         version=str(version.version),
         run_id=version.run_id,
@@ -134,17 +125,11 @@ def register_model(
     digests and the test scores.
     """
     example = open_dataset(ref).x_test[:1].reshape(-1, 28, 28)
-    version_tags = {
-        "dataset": ref.name,
-        "dataset_digest": ref.digest,
-        "test_digest": ref.split_digests["test"],
-        **score_tags(scores),
-        **tags,
-    }
-    _, version = tracking.log_model(
+    version_tags = registry.candidate_tags(ref, scores, tags)
+    _, version = packaging.log_model(
         run_id, Path(trained.path), model_name, example, version_tags
     )
-    registry.set_challenger(tracking.client(), model_name, version)
+    registry.set_challenger(tracking_store.client(), model_name, version)
     get_run_logger().info(
         "Registered %s version %s as @challenger", model_name, version
     )

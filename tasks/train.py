@@ -11,8 +11,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from mnist_pipeline import tracking
-from mnist_pipeline.checkpoint import CheckpointFolder, merge_history
+from mnist_pipeline import runs, tracking_store
+from mnist_pipeline.callbacks import EpochMetrics
+from mnist_pipeline.checkpoint import Resume, fit_resumably
 from mnist_pipeline.config import Augmentation
 from mnist_pipeline.preprocess import PreparedData
 from mnist_pipeline.train import EpochLogger, train_model
@@ -61,43 +62,41 @@ def train(
     progress = create_progress_artifact(
         0.0, key="training-progress", description=f"Epoch 0/{epochs}"
     )
-    client = tracking.client()
+    client = tracking_store.client()
     callbacks = [
         EpochLogger(logger, images=len(prepared.x_train)),
-        tracking.EpochMetrics(client, run_id),
+        EpochMetrics(client, run_id),
         _PrefectProgress(progress),
     ]
-    folder = Path(workdir) / "checkpoints" / checkpoint_key
-    with CheckpointFolder(folder) as checkpoint:
-        resume = checkpoint.start(run_id) if checkpoint.acquired else None
-        if resume is None:
-            logger.warning(
-                "Another run is training this same configuration; this run trains "
-                "without a resumable checkpoint."
-            )
-        model, history = train_model(
+
+    def fit(first: list[keras.callbacks.Callback], initial_epoch: int):
+        return train_model(
             prepared,
             epochs=epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
             seed=seed,
-            callbacks=[*(resume.callbacks if resume else []), *callbacks],
-            initial_epoch=resume.initial_epoch if resume else 0,
+            callbacks=[*first, *callbacks],
+            initial_epoch=initial_epoch,
             augmentation=augmentation,
         )
-        if resume is not None:
-            if resume.resumed:
-                logger.info(
-                    "Resumed at epoch %d/%d from the checkpoint of run %s",
-                    resume.initial_epoch,
-                    epochs,
-                    resume.interrupted_run,
-                )
-                tracking.record_resume(
-                    client, run_id, resume.previous, resume.interrupted_run
-                )
-                history = merge_history(resume.previous, history)
-            checkpoint.clear()
+
+    def on_resume(resume: Resume) -> None:
+        logger.info(
+            "Resumed at epoch %d/%d from the checkpoint of run %s",
+            resume.initial_epoch,
+            epochs,
+            resume.interrupted_run,
+        )
+        runs.record_resume(client, run_id, resume.previous, resume.interrupted_run)
+
+    model, history = fit_resumably(
+        Path(workdir) / "checkpoints" / checkpoint_key,
+        run_id,
+        fit,
+        logger=logger,
+        on_resume=on_resume,
+    )
     path = Path(workdir) / "models" / run_id / "model.keras"
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)

@@ -55,7 +55,7 @@ class Registry:
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory) -> Registry:
     """Train a small but real model once per session and register it."""
-    from mnist_pipeline import registry, tracking
+    from mnist_pipeline import packaging, registry, runs, tracking_store
     from mnist_pipeline.data import load_sample, stratified_subset
     from mnist_pipeline.evaluate import evaluate_model
     from mnist_pipeline.preprocess import preprocess
@@ -70,12 +70,12 @@ def trained_registry(tmp_path_factory) -> Registry:
     )
     accuracy = evaluate_model(model, prepared.x_test, prepared.y_test).accuracy
     model.save(root / "model.keras")
-    client = tracking.connect(uri)
+    client = tracking_store.connect(uri)
     experiment = client.create_experiment(
         "fixtures", artifact_location=(root / "mlruns").as_uri()
     )
-    with tracking.tracked_run(client, experiment, "fixture", {}) as run_id:
-        tracking.log_model(
+    with runs.tracked_run(client, experiment, "fixture", {}) as run_id:
+        packaging.log_model(
             run_id, root / "model.keras", "mnist-cnn", sample.x_test[:1], {}
         )
     registry.move_champion(client, "mnist-cnn", "1", by="test", reason="fixture")

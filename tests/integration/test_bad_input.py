@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline import registry, tracking
+from mnist_pipeline import packaging, registry, runs, tracking_store
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.model import build_model
@@ -141,11 +141,11 @@ CASES: dict[str, tuple[Callable[[Path], Path], list[str]]] = {
 @pytest.fixture
 def registry_with_champion(mlflow_store, tmp_path):
     """A store whose ``mnist-cnn`` v1 is @champion, and a snapshot of its files."""
-    client = tracking.connect()
-    experiment = tracking.ensure_experiment(client, "mnist")
+    client = tracking_store.connect()
+    experiment = tracking_store.ensure_experiment(client, "mnist")
     build_model().save(tmp_path / "champion.keras")
-    with tracking.tracked_run(client, experiment, "champion", {}) as run_id:
-        tracking.log_model(
+    with runs.tracked_run(client, experiment, "champion", {}) as run_id:
+        packaging.log_model(
             run_id, tmp_path / "champion.keras", "mnist-cnn", np.zeros((1, 28, 28)), {}
         )
     registry.move_champion(client, "mnist-cnn", "1", by="test", reason="fixture")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from mnist_pipeline import registry, tracking
+from mnist_pipeline import registry, tracking_store
 
 from .conftest import run_cli
 from .servers import clean_environment, free_port
@@ -95,7 +95,7 @@ def test_killed_training_resumes_from_the_last_epoch(
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"Resumed at epoch {done}/5" in rerun.stderr, rerun.stderr[-3000:]
 
-    client = tracking.connect(mlflow_store)
+    client = tracking_store.connect(mlflow_store)
     experiment = client.get_experiment_by_name("mnist")
     runs = {r.info.status: r for r in client.search_runs([experiment.experiment_id])}
     assert set(runs) == {"KILLED", "FINISHED"}
@@ -130,7 +130,7 @@ def test_sigterm_stops_the_run_and_its_temporary_prefect_server(mlflow_store, tm
     assert "Stopping temporary server" in output
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "server still answers"
-    client = tracking.connect(mlflow_store)
+    client = tracking_store.connect(mlflow_store)
     experiment = client.get_experiment_by_name("mnist")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "KILLED"
@@ -202,7 +202,7 @@ def test_two_identical_runs_at_once_train_once(tmp_path):
         out for out, _ in outputs if "Registered model: mnist-cnn version 1" in out
     ]
     assert len(skipped) == 1 and len(trained) == 1, outputs
-    client = tracking.connect(env["MLFLOW_TRACKING_URI"])
+    client = tracking_store.connect(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("mnist")
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.status for r in runs] == ["FINISHED"]

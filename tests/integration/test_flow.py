@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.training import mnist_training
-from mnist_pipeline import tracking
+from mnist_pipeline import tracking_store
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import load_sample
 from mnist_pipeline.errors import DataValidationError
@@ -65,7 +65,7 @@ def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
 def test_flow_trains_tracks_and_registers(prefect_api_url, mlflow_store, tmp_path):
     result = mnist_training(small_config(tmp_path))
 
-    client = tracking.connect()
+    client = tracking_store.connect()
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["epochs"] == "1"
@@ -132,7 +132,7 @@ def test_invalid_data_stops_before_training(prefect_api_url, mlflow_store, tmp_p
     assert "train: every class present: class 3" in message
     assert "test: images of dtype uint8: dtype float32" in message
 
-    client = tracking.connect()
+    client = tracking_store.connect()
     experiment = client.get_experiment_by_name("integration")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FAILED"
@@ -148,7 +148,7 @@ def test_an_augmented_run_trains_augmented_and_registers_a_plain_model(
     augmented = mnist_training(small_config(tmp_path, augment=True, min_accuracy=0.0))
     assert not augmented.skipped  # another training: another key
     assert augmented.training_key != plain.training_key
-    client = tracking.connect()
+    client = tracking_store.connect()
     params = client.get_run(augmented.run_id).data.params
     assert params["augment"] == "True"
     # Different training curves: the augmented fit saw changed images.

@@ -8,7 +8,7 @@ import mlflow
 from prefect.client.orchestration import get_client
 
 from flows.training import mnist_training
-from mnist_pipeline import registry, tracking
+from mnist_pipeline import registry, tracking_store
 
 from .test_flow import small_config
 
@@ -31,7 +31,7 @@ def test_first_passing_model_is_promoted_then_a_failing_one_is_not(
     first = mnist_training(lenient)
     assert first.promoted
     assert first.verdict == "promoted to @champion (first champion; every check passed)"
-    client = tracking.connect()
+    client = tracking_store.connect()
     assert registry.alias_version(client, "mnist-cnn", registry.CHAMPION) == "1"
     version = client.get_model_version("mnist-cnn", "1")
     tags = version.tags
@@ -77,7 +77,7 @@ def test_a_champion_tested_on_other_images_is_scored_again(
     lenient = {"min_accuracy": 0.0, "min_robust_accuracy": 0.0}
     mnist_training(small_config(tmp_path, **lenient))
     other = mnist_training(small_config(tmp_path, test_limit=100, **lenient))
-    client = tracking.connect()
+    client = tracking_store.connect()
     tags = client.get_model_version("mnist-cnn", other.version).tags
     assert tags["gate.compared_with"] == "v1"
     lineage = tags["gate.test_split"]

@@ -22,7 +22,7 @@ from prefect.client.orchestration import get_client
 
 from flows.maintenance import prune_outputs
 from flows.training import TrainingResult, mnist_training
-from mnist_pipeline import lineage, tracking
+from mnist_pipeline import lineage, tracking_store
 from mnist_pipeline.config import PruneConfig, TrainConfig
 from mnist_pipeline.data import load_sample, stratified_subset
 from tasks.locking import promotion_lock
@@ -106,7 +106,7 @@ def test_an_unchanged_night_trains_and_registers_nothing(server, datasets, tmp_p
     model = "unchanged"
     first = mnist_training(night(tmp_path, datasets["a"], model))
     assert first.promoted and not first.skipped
-    client = tracking.connect()
+    client = tracking_store.connect()
     runs, before = run_count(client, model), versions(client, model)
 
     again = mnist_training(night(tmp_path, datasets["a"], model))
@@ -153,7 +153,7 @@ def test_an_unchanged_night_trains_and_registers_nothing(server, datasets, tmp_p
 def test_a_registry_error_during_the_gate_fails_closed(server, datasets, tmp_path):
     model = "faulty"
     mnist_training(night(tmp_path, datasets["a"], model))
-    client = tracking.connect()
+    client = tracking_store.connect()
     assert aliases(client, model)["champion"] == "1"
 
     # Once v2 is registered (@challenger set), the registry answers 500 to the
@@ -198,7 +198,7 @@ def test_overlapping_runs_promote_the_better_one_in_either_order(
             night(tmp_path, datasets["big"], model, seed=1, **slow),
             night(tmp_path, datasets["big"], model, seed=2, **fast),
         )
-        client = tracking.connect()
+        client = tracking_store.connect()
         tags = versions(client, model)
         by_lr = {
             float(client.get_run(r.run_id).data.params["learning_rate"]): r
@@ -284,7 +284,7 @@ def test_a_soak_of_nights_keeps_the_registry_truthful(
     server, datasets, tmp_path, capsys
 ):
     model = "soak"
-    client = tracking.connect()
+    client = tracking_store.connect()
     counts = dict(nights=0, trained=0, skipped=0, faults=0, promotions=0)
     violations: list[str] = []
     best = 0  # correct test images of the best champion so far

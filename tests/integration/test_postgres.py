@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from flows.training import mnist_training
-from mnist_pipeline import tracking
+from mnist_pipeline import packaging
 
 from .servers import (
     background,
@@ -190,5 +190,5 @@ def test_training_flow_records_into_postgresql(
     assert list(backend.artifacts.rglob("confusion_matrix.png"))
     assert list(backend.artifacts.rglob("MLmodel"))
     assert not (tmp_path / "mlruns").exists()
-    served = tracking.load_pyfunc("models:/mnist-cnn@champion")
+    served = packaging.load_pyfunc("models:/mnist-cnn@champion")
     assert served.metadata.run_id == result.run_id

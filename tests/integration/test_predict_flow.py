@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from flows.predict import mnist_predict
-from mnist_pipeline import tracking
+from mnist_pipeline import packaging, tracking_store
 from mnist_pipeline.config import PredictConfig
 from mnist_pipeline.serving import as_model_input
 
@@ -83,11 +83,11 @@ def test_predicts_every_format_in_chunks(
     accuracy = (predicted == trained_registry.sample.y_test[:N]).mean()
     assert accuracy >= 0.8, accuracy
     if kind != "folder":  # the same images the in-process model sees
-        model = tracking.load_pyfunc("models:/mnist-cnn/1")
+        model = packaging.load_pyfunc("models:/mnist-cnn/1")
         expected = model.predict(as_model_input(trained_registry.sample.x_test[:N]))
         np.testing.assert_allclose(probabilities, expected, atol=1e-6)
 
-    client = tracking.connect()
+    client = tracking_store.connect()
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["model_version"] == "mnist-cnn/1"
@@ -123,7 +123,7 @@ def test_broken_file_is_reported_and_the_rest_scored(
     errors = read_rows(tmp_path / "photos.errors.csv")
     assert [e["file"] for e in errors] == ["digit_09b.png"]
     assert "cannot identify image file" in errors[0]["error"]
-    client = tracking.connect()
+    client = tracking_store.connect()
     run = client.get_run(result.run_id)
     assert run.data.metrics["failed_images"] == 1
     assert run.data.tags["model_uri_loaded"] == "models:/mnist-cnn/1"

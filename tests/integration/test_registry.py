@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mnist_pipeline import registry, tracking
+from mnist_pipeline import packaging, registry, runs, tracking_store
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.model import build_model
 
@@ -15,14 +15,14 @@ from .conftest import run_cli
 @pytest.fixture
 def three_versions(mlflow_store, tmp_path):
     """``mnist-cnn`` versions 1..3 (untrained models: aliases are what is tested)."""
-    client = tracking.connect()
-    experiment = tracking.ensure_experiment(client, "registry")
+    client = tracking_store.connect()
+    experiment = tracking_store.ensure_experiment(client, "registry")
     path = tmp_path / "model.keras"
     build_model().save(path)
     example = __import__("numpy").zeros((1, 28, 28), "uint8")
     for _ in range(3):
-        with tracking.tracked_run(client, experiment, None, {}) as run_id:
-            tracking.log_model(run_id, path, "mnist-cnn", example, {})
+        with runs.tracked_run(client, experiment, None, {}) as run_id:
+            packaging.log_model(run_id, path, "mnist-cnn", example, {})
     return client
 
 
@@ -79,16 +79,16 @@ def test_challenger_alias_and_missing_versions(three_versions):
     assert registry.alias_version(client, "mnist-cnn", registry.CHALLENGER) == "2"
     with pytest.raises(RegistryError, match="no version 9"):
         registry.check_version(client, "mnist-cnn", "9")
-    assert tracking.resolve_model_uri(client, "models:/mnist-cnn@challenger") == (
+    assert registry.resolve_model_uri(client, "models:/mnist-cnn@challenger") == (
         "mnist-cnn",
         "2",
     )
     with pytest.raises(RegistryError, match="no alias @champion"):
-        tracking.resolve_model_uri(client, "models:/mnist-cnn@champion")
+        registry.resolve_model_uri(client, "models:/mnist-cnn@champion")
     for latest in ("models:/mnist-cnn/latest", "models:/mnist-cnn/Latest"):
-        assert tracking.resolve_model_uri(client, latest) == ("mnist-cnn", "3")
+        assert registry.resolve_model_uri(client, latest) == ("mnist-cnn", "3")
     with pytest.raises(RegistryError, match="'other' has no registered version"):
-        tracking.resolve_model_uri(client, "models:/other/latest")
+        registry.resolve_model_uri(client, "models:/other/latest")
 
 
 def test_operator_commands_promote_and_roll_back(

@@ -13,7 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from mnist_pipeline import tracking
+from mnist_pipeline import packaging, tracking_store
 from mnist_pipeline.serving import as_model_input
 
 from .servers import background, clean_environment, free_port, responds, wait_for
@@ -58,8 +58,8 @@ def served(trained_registry, tmp_path_factory):
 @pytest.fixture(scope="module")
 def in_process(trained_registry):
     """The version the server serves, loaded in this process from the same store."""
-    tracking.connect(trained_registry.uri)  # earlier tests point MLflow elsewhere
-    return tracking.load_pyfunc("models:/mnist-cnn/1")
+    tracking_store.connect(trained_registry.uri)  # earlier tests point MLflow elsewhere
+    return packaging.load_pyfunc("models:/mnist-cnn/1")
 
 
 def test_the_alias_is_resolved_once_and_the_bounds_announced(served):

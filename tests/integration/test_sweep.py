@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.sweep import mnist_sweep
-from mnist_pipeline import registry, tracking
+from mnist_pipeline import registry, runs, tracking_store
 from mnist_pipeline.config import SweepConfig, SweepGrid, TrainConfig
 from mnist_pipeline.errors import SweepError
 from mnist_pipeline.sweep import max_concurrency
@@ -77,10 +77,10 @@ def test_four_trials_run_in_parallel_and_only_the_best_is_registered(
     grid = SweepGrid(learning_rate=[0.01, 0.003], batch_size=[64, 100], epochs=[1])
     result = mnist_sweep(sweep_config(tmp_path, grid, workers=2))
 
-    client = tracking.connect()
+    client = tracking_store.connect()
     parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED"
-    children = tracking.child_runs(client, result.experiment_id, result.run_id)
+    children = runs.child_runs(client, result.experiment_id, result.run_id)
     assert sorted(children) == [0, 1, 2, 3]
     assert all(r.info.status == "FINISHED" for r in children.values())
     assert {r.data.params["batch_size"] for r in children.values()} == {"64", "100"}
@@ -154,8 +154,8 @@ def test_a_failing_trial_is_reported_and_the_others_go_on(
     ok, failed = sorted(result.trials, key=lambda t: t.index)
     assert ok.status == "FINISHED" and failed.status == "FAILED"
     assert "Batch size 1000 is larger than the 270 training images" in failed.error
-    client = tracking.connect()
-    children = tracking.child_runs(client, result.experiment_id, result.run_id)
+    client = tracking_store.connect()
+    children = runs.child_runs(client, result.experiment_id, result.run_id)
     assert children[1].info.status == "FAILED"
     assert "Batch size 1000" in children[1].data.tags["failure_reason"]
     assert children[0].info.status == "FINISHED"
@@ -183,7 +183,7 @@ def test_a_sweep_whose_trials_all_fail_fails_with_every_reason(
     grid = SweepGrid(batch_size=[1000, 2000], epochs=[1])
     with pytest.raises(SweepError, match="All 2 trials failed: trial 0: SweepError"):
         mnist_sweep(sweep_config(tmp_path, grid, dask_address=dask_cluster))
-    client = tracking.connect()
+    client = tracking_store.connect()
     (parent,) = client.search_runs(
         [client.get_experiment_by_name("sweep").experiment_id],
         filter_string="tags.`sweep.parent` = 'true'",

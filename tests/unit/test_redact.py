@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_pipeline import tracking
+from mnist_pipeline import runs, tracking_store
 from mnist_pipeline.redact import redact_text, redact_url
 
 
@@ -33,10 +33,10 @@ def test_redact_text_finds_urls_in_messages():
 
 
 def test_params_and_run_links_are_redacted(mlflow_store):
-    client = tracking.connect()
-    experiment = tracking.ensure_experiment(client, "secrets")
-    with tracking.tracked_run(client, experiment, None, {}) as run_id:
-        tracking.log_params(
+    client = tracking_store.connect()
+    experiment = tracking_store.ensure_experiment(client, "secrets")
+    with runs.tracked_run(client, experiment, None, {}) as run_id:
+        runs.log_params(
             client, run_id, {"mnist_origin": "https://u:pw@host/m.npz?token=abc"}
         )
     logged = client.get_run(run_id).data.params["mnist_origin"]
@@ -45,15 +45,15 @@ def test_params_and_run_links_are_redacted(mlflow_store):
     class Remote:
         tracking_uri = "https://admin:pw@mlflow.example"
 
-    link = tracking.run_url(Remote(), "1", "abc")
+    link = runs.run_url(Remote(), "1", "abc")
     assert link == "https://admin:REDACTED@mlflow.example/#/experiments/1/runs/abc"
 
 
 def test_failure_reason_is_redacted(mlflow_store):
-    client = tracking.connect()
-    experiment = tracking.ensure_experiment(client, "secrets")
+    client = tracking_store.connect()
+    experiment = tracking_store.ensure_experiment(client, "secrets")
     with pytest.raises(OSError):
-        with tracking.tracked_run(client, experiment, None, {}) as run_id:
+        with runs.tracked_run(client, experiment, None, {}) as run_id:
             raise OSError("cannot reach https://svc:pa55@store/bucket")
     reason = client.get_run(run_id).data.tags["failure_reason"]
     assert "pa55" not in reason and "svc:REDACTED@store" in reason

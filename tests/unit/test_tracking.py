@@ -9,31 +9,31 @@ import mlflow
 import numpy as np
 import pytest
 
-from mnist_pipeline import tracking
+from mnist_pipeline import packaging, runs, tracking_store
+from mnist_pipeline.callbacks import EpochMetrics
 from mnist_pipeline.data import save_dataset
 from mnist_pipeline.model import build_model
 from mnist_pipeline.preprocess import scale_images
 from mnist_pipeline.serving import as_model_input
+from mnist_pipeline.sweep import TRIAL_TAG
 
 from ..conftest import loopback_server
 
 
 @pytest.fixture
 def run_id(mlflow_store):
-    client = tracking.connect()
-    experiment = tracking.ensure_experiment(client, "unit")
-    assert tracking.ensure_experiment(client, "unit") == experiment
-    with tracking.tracked_run(
-        client, experiment, "unit-run", {"origin": "test"}
-    ) as rid:
+    client = tracking_store.connect()
+    experiment = tracking_store.ensure_experiment(client, "unit")
+    assert tracking_store.ensure_experiment(client, "unit") == experiment
+    with runs.tracked_run(client, experiment, "unit-run", {"origin": "test"}) as rid:
         yield rid
 
 
 def test_failed_block_marks_the_run_failed_with_reason(mlflow_store):
-    client = tracking.connect()
-    experiment = tracking.ensure_experiment(client, "unit")
+    client = tracking_store.connect()
+    experiment = tracking_store.ensure_experiment(client, "unit")
     with pytest.raises(RuntimeError):
-        with tracking.tracked_run(client, experiment, "boom", {}) as rid:
+        with runs.tracked_run(client, experiment, "boom", {}) as rid:
             raise RuntimeError("disk full")
     run = client.get_run(rid)
     assert run.info.status == "FAILED"
@@ -41,10 +41,10 @@ def test_failed_block_marks_the_run_failed_with_reason(mlflow_store):
 
 
 def test_epoch_metrics_become_histories(run_id):
-    callback = tracking.EpochMetrics(tracking.client(), run_id)
+    callback = EpochMetrics(tracking_store.client(), run_id)
     for epoch in range(3):
         callback.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "val_accuracy": 0.5})
-    history = tracking.client().get_metric_history(run_id, "train_loss")
+    history = tracking_store.client().get_metric_history(run_id, "train_loss")
     assert [(m.step, round(m.value, 3)) for m in history] == [
         (1, 1.0),
         (2, 0.5),
@@ -54,8 +54,8 @@ def test_epoch_metrics_become_histories(run_id):
 
 def test_datasets_are_logged_with_digest_and_context(run_id, tiny_dataset, tmp_path):
     ref = save_dataset(tiny_dataset, tmp_path / "datasets")
-    tracking.log_datasets(tracking.client(), run_id, ref)
-    inputs = tracking.client().get_run(run_id).inputs.dataset_inputs
+    runs.log_datasets(tracking_store.client(), run_id, ref)
+    inputs = tracking_store.client().get_run(run_id).inputs.dataset_inputs
     logged = {i.dataset.name: (i.dataset.digest, i.tags[0].value) for i in inputs}
     assert logged == {
         "tiny-train": (ref.split_digests["train"], "training"),
@@ -68,11 +68,11 @@ def test_logged_model_is_registered_and_predicts_like_keras(run_id, tmp_path):
     keras_path = tmp_path / "model.keras"
     model.save(keras_path)
     images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
-    uri, version = tracking.log_model(
+    uri, version = packaging.log_model(
         run_id, keras_path, "unit-model", images[:1], {"dataset_digest": "abc"}
     )
     assert version == "1"
-    registry = tracking.client()
+    registry = tracking_store.client()
     assert registry.get_model_version("unit-model", "1").tags["dataset_digest"] == "abc"
     served = mlflow.pyfunc.load_model("models:/unit-model/1")
     (spec,) = served.metadata.get_input_schema().inputs
@@ -88,66 +88,66 @@ def test_registering_again_from_one_run_returns_its_version(run_id, tmp_path):
     keras_path = tmp_path / "model.keras"
     build_model().save(keras_path)
     example = np.zeros((1, 28, 28), dtype=np.uint8)
-    first = tracking.log_model(run_id, keras_path, "retried", example, {"try": "1"})
-    again = tracking.log_model(run_id, keras_path, "retried", example, {"try": "2"})
+    first = packaging.log_model(run_id, keras_path, "retried", example, {"try": "1"})
+    again = packaging.log_model(run_id, keras_path, "retried", example, {"try": "2"})
     assert again == first
-    registry = tracking.client()
+    registry = tracking_store.client()
     (only,) = registry.search_model_versions("name = 'retried'")
     assert (str(only.version), only.tags["try"]) == ("1", "2")
     assert mlflow.pyfunc.load_model(again[0]).metadata.signature is not None
     # Another run registers a version of its own.
     other = registry.create_run(registry.get_run(run_id).info.experiment_id)
-    _, version = tracking.log_model(
+    _, version = packaging.log_model(
         other.info.run_id, keras_path, "retried", example, {}
     )
     assert version == "2"
 
 
 def test_trial_runs_nest_under_their_parent(run_id):
-    client = tracking.client()
+    client = tracking_store.client()
     experiment = client.get_run(run_id).info.experiment_id
-    tags = {tracking.TRIAL_TAG: "0"}
-    with tracking.nested_run(client, experiment, run_id, "trial-0", tags) as child:
+    tags = {TRIAL_TAG: "0"}
+    with runs.nested_run(client, experiment, run_id, "trial-0", tags) as child:
         pass
     run = client.get_run(child)
     assert run.data.tags["mlflow.parentRunId"] == run_id
     assert run.info.status == "FINISHED"
-    assert set(tracking.child_runs(client, experiment, run_id)) == {0}
+    assert set(runs.child_runs(client, experiment, run_id)) == {0}
 
 
 def test_a_failed_trial_gets_a_failed_run_even_when_its_worker_died(run_id):
-    client = tracking.client()
+    client = tracking_store.client()
     experiment = client.get_run(run_id).info.experiment_id
     # Trial 1 opened its run and died; trial 2 died before opening one.
     opened = client.create_run(
         experiment,
         run_name="trial-1",
-        tags={"mlflow.parentRunId": run_id, tracking.TRIAL_TAG: "1"},
+        tags={"mlflow.parentRunId": run_id, TRIAL_TAG: "1"},
     ).info.run_id
     for index in (1, 2):
-        run = tracking.fail_child_run(
+        run = runs.fail_child_run(
             client,
             experiment,
             run_id,
             f"trial-{index}",
-            {tracking.TRIAL_TAG: str(index)},
+            {TRIAL_TAG: str(index)},
             "KilledWorker: worker died",
         )
         assert run.info.status == "FAILED"
         assert run.data.tags["failure_reason"] == "KilledWorker: worker died"
         assert run.data.tags["mlflow.parentRunId"] == run_id
-    children = tracking.child_runs(client, experiment, run_id)
+    children = runs.child_runs(client, experiment, run_id)
     assert children[1].info.run_id == opened
     assert set(children) == {1, 2}
 
 
 def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert tracking.portable_uri("sqlite:///mlflow.db") == (
+    assert tracking_store.portable_uri("sqlite:///mlflow.db") == (
         f"sqlite:///{tmp_path / 'mlflow.db'}"
     )
     for uri in ("sqlite:////abs/m.db", "http://127.0.0.1:5000", "postgresql://h/db"):
-        assert tracking.portable_uri(uri) == uri
+        assert tracking_store.portable_uri(uri) == uri
 
 
 def test_credentials_in_the_tracking_uri_do_not_hide_the_server():
@@ -164,19 +164,21 @@ def test_credentials_in_the_tracking_uri_do_not_hide_the_server():
 
     with loopback_server(LoginRequired) as url:
         port = url.rsplit(":", 1)[1]
-        tracking.check_reachable(f"http://admin:s3cret@127.0.0.1:{port}/", attempts=1)
+        tracking_store.check_reachable(
+            f"http://admin:s3cret@127.0.0.1:{port}/", attempts=1
+        )
     assert seen == [("/health", f"127.0.0.1:{port}")]
 
 
 def test_a_run_never_opened_leaves_nothing_and_a_failure_always_a_run(mlflow_store):
-    client = tracking.connect()
-    experiment = tracking.ensure_experiment(client, "lazy")
-    with tracking.recorded_run(client, experiment, "skipped", {}) as run:
+    client = tracking_store.connect()
+    experiment = tracking_store.ensure_experiment(client, "lazy")
+    with runs.recorded_run(client, experiment, "skipped", {}) as run:
         pass  # found its work done: never opened
     assert run.run_id is None
     assert client.search_runs([experiment]) == []
     with pytest.raises(ValueError):
-        with tracking.recorded_run(client, experiment, "bad input", {"k": "v"}):
+        with runs.recorded_run(client, experiment, "bad input", {"k": "v"}):
             raise ValueError("no such file")  # before anything opened the run
     (failed,) = client.search_runs([experiment])
     assert failed.info.status == "FAILED"
@@ -187,11 +189,11 @@ def test_a_run_never_opened_leaves_nothing_and_a_failure_always_a_run(mlflow_sto
 def test_the_served_model_carries_every_module_it_imports(tmp_path):
     import ast
 
-    package = tracking.serving_code(tmp_path)
+    package = packaging.serving_code(tmp_path)
     shipped = {p.stem for p in package.glob("*.py")}
-    assert shipped == set(tracking.SERVED_MODULES)
-    for name in ("serving_model", *tracking.SERVED_MODULES):
-        source = Path(tracking.__file__).with_name(f"{name}.py").read_text()
+    assert shipped == set(packaging.SERVED_MODULES)
+    for name in ("serving_model", *packaging.SERVED_MODULES):
+        source = Path(packaging.__file__).with_name(f"{name}.py").read_text()
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.ImportFrom) and node.module:
                 parts = node.module.split(".")

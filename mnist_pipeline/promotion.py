@@ -1,0 +1,192 @@
+"""The gate against the registry: read the champion, decide, move ``@champion``.
+
+:mod:`mnist_pipeline.gate` decides on figures; this module reads the champion's
+figures from the registry (or has them re-scored), retries the decision when
+``@champion`` moves under it, and says what the registry records of it. The
+tasks in ``tasks/gate.py`` hold the promotion lock, load the models and publish
+the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+
+from mnist_pipeline import gate, registry
+from mnist_pipeline.data import DatasetRef
+from mnist_pipeline.errors import RegistryError
+from mnist_pipeline.redact import redact_text
+from mnist_pipeline.report import gate_sentence
+
+#: How often the comparison is redone when ``@champion`` moves under it.
+MAX_COMPARISONS = 3
+#: Scores a registered version on the candidate's test split.
+Rescore = Callable[[str], gate.Scores]
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """The gate's decision, the champion it compared with, and on what data."""
+
+    decision: gate.Decision
+    compared_with: str | None
+    lineage: str
+
+    @property
+    def verdict(self) -> str:
+        """One line for the CLI and the run summary."""
+        return gate_sentence(self.decision, self.compared_with)
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The champion to compare with: its version, scores and where they came from."""
+
+    version: str | None
+    scores: gate.Scores | None
+    lineage: str
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """What the registry and the run keep of a verdict."""
+
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    record: dict[str, object]
+    description: str
+
+
+def read_champion(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    ref: DatasetRef,
+    rescore: Rescore,
+) -> Champion:
+    """The current champion's scores on the candidate's test images.
+
+    Recorded scores count when they were measured on the same test split;
+    otherwise ``rescore`` scores the champion again.
+    """
+    test_digest = ref.split_digests["test"]
+    current = registry.alias_version(client, model_name, registry.CHAMPION)
+    if current is None:
+        return Champion(None, None, "no champion yet")
+    if current == version:  # a retried run whose alias move had gone through
+        return Champion(current, None, f"v{current} is this version already")
+    tags = client.get_model_version(model_name, current).tags
+    recorded = gate.recorded_scores(tags, test_digest)
+    if recorded is not None:
+        return Champion(
+            current, recorded, f"same test split as v{current} ({test_digest})"
+        )
+    return Champion(current, rescore(current), rescored_lineage(current, tags, ref))
+
+
+def rescored_lineage(current: str, tags: Mapping[str, str], ref: DatasetRef) -> str:
+    """Where a re-scored champion's figures come from, in one sentence."""
+    return (
+        f"v{current} was tested on {tags.get('test_digest', 'unrecorded data')} and "
+        f"trained on {tags.get('dataset', '?')} ({tags.get('dataset_digest', '?')}); "
+        f"re-scored on this run's test split {ref.split_digests['test']} "
+        f"({ref.name}, dataset {ref.digest})"
+    )
+
+
+def compare_and_promote(
+    client: MlflowClient,
+    *,
+    run_id: str,
+    model_name: str,
+    version: str,
+    candidate: gate.Scores,
+    checks: gate.CandidateChecks,
+    ref: DatasetRef,
+    thresholds: gate.Thresholds,
+    rescore: Rescore,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> GateOutcome:
+    """Compare with the champion read now; promote when the gate says so.
+
+    The move checks that ``@champion`` is still the version compared with; when
+    it moved meanwhile (a writer outside the lock), the comparison is redone
+    against the new one, up to :data:`MAX_COMPARISONS` times.
+
+    Raises:
+        RegistryError: the champion kept moving.
+    """
+    for _ in range(MAX_COMPARISONS):
+        found = read_champion(client, model_name, version, ref, rescore)
+        outcome = GateOutcome(
+            gate.decide(candidate, checks, found.scores, thresholds),
+            found.version,
+            found.lineage,
+        )
+        if not outcome.decision.promote or outcome.compared_with == version:
+            return outcome
+        try:
+            registry.move_champion(
+                client,
+                model_name,
+                version,
+                by="gate",
+                reason=f"run {run_id}",
+                expected=outcome.compared_with,
+                check_expected=True,
+            )
+        except registry.ChampionMovedError as moved:
+            logger.warning("%s Comparing again.", moved)
+            continue
+        return outcome
+    raise RegistryError(
+        f"@champion of '{model_name}' moved {MAX_COMPARISONS} times during "
+        "the comparison; nothing was promoted."
+    )
+
+
+def gate_record(
+    outcome: GateOutcome, candidate: gate.Scores, ref: DatasetRef
+) -> GateRecord:
+    """The verdict's tags, figures, full record and the version's description."""
+    decision = outcome.decision
+    return GateRecord(
+        tags={
+            "gate.decision": "promoted" if decision.promote else "rejected",
+            "gate.compared_with": _label(outcome.compared_with),
+            "gate.reason": outcome.verdict,
+            "gate.test_split": outcome.lineage,
+        },
+        metrics={f"gate_{name}": value for name, value in decision.figures.items()},
+        record=decision.as_dict()
+        | {"compared_with": outcome.compared_with, "lineage": outcome.lineage},
+        description=(
+            f"Trained on {ref.name} (dataset {ref.digest}); test accuracy "
+            f"{candidate.describe()}. Gate: {outcome.verdict}."
+        ),
+    )
+
+
+def error_tags(exc: BaseException) -> dict[str, str]:
+    """The tags of a gate that failed with ``exc`` (credentials masked)."""
+    reason = redact_text(f"{type(exc).__name__}: {exc}")[:2000]
+    return {"gate.decision": "error", "gate.reason": reason}
+
+
+def recorded_verdict(tags: Mapping[str, str]) -> tuple[str, bool] | None:
+    """A version's recorded verdict and whether it was promoted; None if undecided.
+
+    A run that registered its version and stopped before the gate decided (a
+    crash, a registry error) left it without a verdict.
+    """
+    decision = tags.get("gate.decision")
+    if decision not in ("promoted", "rejected"):
+        return None
+    return tags.get("gate.reason", decision), decision == "promoted"
+
+
+def _label(version: str | None) -> str:
+    return f"v{version}" if version else "none"

@@ -1,0 +1,280 @@
+"""MLflow runs: their lifecycle, and what is logged in them.
+
+Everything goes through :class:`~mlflow.MlflowClient` with explicit run ids, so
+it is correct from any thread (MLflow's fluent "active run" is thread-local).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import (
+    DatasetInput,
+    InputTag,
+    Metric,
+    Param,
+    Run,
+    RunStatus,
+    RunTag,
+)
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from mnist_pipeline.data import DatasetRef
+from mnist_pipeline.redact import redact_text, redact_url
+from mnist_pipeline.sweep import TRIAL_TAG
+
+log = logging.getLogger(__name__)
+#: Keras's names for the training metrics, and theirs in MLflow.
+METRIC_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
+
+
+@contextmanager
+def tracked_run(
+    client: MlflowClient, experiment_id: str, run_name: str | None, tags: Mapping
+) -> Iterator[str]:
+    """Open an MLflow run; close it FINISHED, or FAILED with the reason as a tag."""
+    with recorded_run(client, experiment_id, run_name, tags) as run:
+        yield run.open()
+
+
+class LazyRun:
+    """An MLflow run created only when :meth:`open` is first called."""
+
+    def __init__(
+        self, client: MlflowClient, experiment_id: str, name: str | None, tags: Mapping
+    ) -> None:
+        self._client, self._experiment_id = client, experiment_id
+        self._name, self._tags = name, dict(tags)
+        self.run_id: str | None = None
+
+    def open(self) -> str:
+        """The run's id, creating the run on the first call."""
+        if self.run_id is None:
+            run = self._client.create_run(
+                self._experiment_id, run_name=self._name, tags=self._tags
+            )
+            self.run_id = run.info.run_id
+        return self.run_id
+
+
+@contextmanager
+def recorded_run(
+    client: MlflowClient, experiment_id: str, run_name: str | None, tags: Mapping
+) -> Iterator[LazyRun]:
+    """A run that exists once opened, or once the block fails.
+
+    A block that ends without opening it leaves nothing in MLflow (a run that
+    found its work done); one that fails always leaves a FAILED run with the
+    reason. Interrupts and cancellations (Ctrl+C, SIGTERM as Prefect's
+    TerminationSignal) are BaseExceptions: the run was stopped (KILLED).
+    """
+    run = LazyRun(client, experiment_id, run_name, tags)
+    try:
+        yield run
+    except BaseException as exc:
+        status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+        reason = redact_text(f"{type(exc).__name__}: {exc}")[:4000]
+        try:
+            run_id = run.open()
+            client.set_tag(run_id, "failure_reason", reason)
+            client.set_terminated(
+                run_id, RunStatus.to_string(getattr(RunStatus, status))
+            )
+        except MlflowException as unrecorded:  # the store may be what failed
+            log.warning("Could not record the failure in MLflow: %s", unrecorded)
+        raise
+    if run.run_id is not None:
+        client.set_terminated(run.run_id, "FINISHED")
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, object]) -> None:
+    """Log every parameter in one call, credentials in URLs masked."""
+    client.log_batch(
+        run_id, params=[Param(k, redact_url(str(v))) for k, v in params.items()]
+    )
+
+
+def log_metrics(
+    client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0
+) -> None:
+    """Log a batch of metrics at one step."""
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+    )
+
+
+def record_resume(
+    client: MlflowClient,
+    run_id: str,
+    previous_epochs: list[dict[str, float]],
+    interrupted_run: str | None,
+) -> None:
+    """Say in the run that training resumed; carry over the earlier epochs.
+
+    The interrupted run (killed, so still RUNNING) is closed as KILLED.
+    """
+    for entry in previous_epochs:
+        metrics = {METRIC_NAMES.get(k, k): v for k, v in entry.items() if k != "epoch"}
+        log_metrics(client, run_id, metrics, step=int(entry["epoch"]))
+    client.set_tag(run_id, "training.resumed_from_epoch", str(len(previous_epochs)))
+    if not interrupted_run or interrupted_run == run_id:
+        return
+    client.set_tag(run_id, "training.resumed_from_run", interrupted_run)
+    try:
+        interrupted = client.get_run(interrupted_run)
+    except MlflowException:
+        return  # another store, or deleted
+    if interrupted.info.status == "RUNNING":
+        client.set_tag(
+            interrupted_run, "failure_reason", f"interrupted; resumed by run {run_id}"
+        )
+        client.set_terminated(interrupted_run, "KILLED")
+
+
+def log_datasets(client: MlflowClient, run_id: str, ref: DatasetRef) -> None:
+    """Record the train and test splits as MLflow dataset inputs."""
+    source_type = "http" if ref.source.startswith("http") else "local"
+    inputs = []
+    for split in ("train", "test"):
+        schema = {
+            "images": {
+                "shape": ref.shapes[f"x_{split}"],
+                "dtype": ref.dtypes[f"x_{split}"],
+            },
+            "labels": {
+                "shape": ref.shapes[f"y_{split}"],
+                "dtype": ref.dtypes[f"y_{split}"],
+            },
+        }
+        entity = DatasetEntity(
+            name=f"{ref.name}-{split}",
+            digest=ref.split_digests[split],
+            source_type=source_type,
+            source=json.dumps({"uri": ref.source}),
+            schema=json.dumps({"mlflow_tensorspec": schema}),
+            profile=json.dumps({"num_rows": ref.shapes[f"y_{split}"][0]}),
+        )
+        context = InputTag(
+            "mlflow.data.context", "training" if split == "train" else "testing"
+        )
+        inputs.append(DatasetInput(entity, tags=[context]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def log_files(
+    client: MlflowClient, run_id: str, paths: Iterable[Path], folder: str
+) -> None:
+    """Upload files (plots, reports) under an artifact folder."""
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path=folder)
+
+
+def log_evaluation(
+    client: MlflowClient,
+    run_id: str,
+    metrics: Mapping[str, float],
+    per_class: list[dict[str, float]],
+    confusion: list[list[int]],
+) -> None:
+    """Test metrics, the per-class table and the confusion matrix."""
+    log_metrics(client, run_id, metrics)
+    client.log_table(run_id, pd.DataFrame(per_class), "evaluation/per_class.json")
+    client.log_dict(
+        run_id, {"confusion_matrix": confusion}, "evaluation/confusion.json"
+    )
+
+
+def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None:
+    """Link to the run in the MLflow UI when tracking goes to a server."""
+    uri = client.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return None
+    base = redact_url(uri.rstrip("/"))
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+@contextmanager
+def nested_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+) -> Iterator[str]:
+    """A child of ``parent_run_id`` (MLflow's nested runs), closed like tracked_run."""
+    tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
+    with tracked_run(client, experiment_id, run_name, tags) as run_id:
+        yield run_id
+
+
+def child_runs(
+    client: MlflowClient, experiment_id: str, parent_run_id: str
+) -> dict[int, Run]:
+    """The trial runs under ``parent_run_id``, by trial index."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+        max_results=10000,
+    )
+    return {
+        int(run.data.tags[TRIAL_TAG]): run
+        for run in runs
+        if run.data.tags.get(TRIAL_TAG, "").isdigit()
+    }
+
+
+def fail_child_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    reason: str,
+) -> Run:
+    """Leave a failed trial's run FAILED with its reason; create it if it is missing.
+
+    A trial whose worker died never closed (or never opened) its own run.
+    """
+    index = int(tags[TRIAL_TAG])
+    run = child_runs(client, experiment_id, parent_run_id).get(index)
+    if run is None:
+        tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
+        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    if run.info.status in ("RUNNING", "SCHEDULED"):
+        client.set_tag(run.info.run_id, "failure_reason", redact_text(reason)[:4000])
+        client.set_terminated(run.info.run_id, "FAILED")
+    return client.get_run(run.info.run_id)
+
+
+def log_sweep(
+    client: MlflowClient,
+    run_id: str,
+    rows: list[dict[str, object]],
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+) -> None:
+    """The trials table (``sweep/trials.json``), and the sweep's tags and metrics."""
+    client.log_table(run_id, pd.DataFrame(rows), "sweep/trials.json")
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    log_metrics(client, run_id, metrics)
+
+
+def log_sweep_outcome(
+    client: MlflowClient,
+    run_id: str,
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+) -> None:
+    """Tags and metrics saying what became of a sweep's best trial."""
+    client.log_batch(run_id, tags=[RunTag(k, redact_text(v)) for k, v in tags.items()])
+    log_metrics(client, run_id, metrics)
