@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +11,11 @@ import pytest
 import typer
 from typer.main import get_command
 
+# The flows the commands import, imported here first: importing them inside a
+# command after tests/unit/test_serving.py in one process closed pytest's
+# captured stderr (every later test then errored).
+import flows.sweep  # noqa: F401
+import flows.training  # noqa: F401
 from mnist_pipeline import cli
 from mnist_pipeline.config import (
     SWEPT_FIELDS,
@@ -90,19 +97,21 @@ class _Result:
 
 
 @pytest.fixture
-def invoke(capsys):
+def invoke():
     """Run ``mnist-pipeline ARGS`` in this process; its exit code and output.
 
-    Through click's own entry (not typer's CliRunner, which swaps the process's
-    streams and, beside pytest's capture in a worker process, closed them).
+    Through click's own entry, its output into a buffer of this test (typer's
+    CliRunner and pytest's own capture both swap the process's streams; after
+    the serving tests in one process, one of them closed the other's).
     """
 
     def run(*args: str) -> _Result:
-        code = get_command(cli.app).main(
-            list(args), prog_name="mnist-pipeline", standalone_mode=False
-        )
-        captured = capsys.readouterr()
-        return _Result(code or 0, captured.out + captured.err)
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            code = get_command(cli.app).main(
+                list(args), prog_name="mnist-pipeline", standalone_mode=False
+            )
+        return _Result(code or 0, output.getvalue())
 
     return run
 
