@@ -421,6 +421,23 @@ def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def reference_profile_json(
+    client: MlflowClient, model_name: str, version: str
+) -> str | None:
+    """The reference profile (JSON) logged with a version's run; None without one.
+
+    Versions registered before drift monitoring have none: the run's
+    ``reference/`` folder is listed first, so only absence means None.
+    """
+    run_id = client.get_model_version(model_name, version).run_id
+    logged = {a.path for a in client.list_artifacts(run_id, "reference")}
+    if "reference/profile.json" not in logged:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(run_id, "reference/profile.json", folder)
+        return Path(path).read_text()
+
+
 def load_pyfunc(uri: str):
     """Load a logged or registered model through MLflow's generic pyfunc API."""
     return mlflow.pyfunc.load_model(uri)

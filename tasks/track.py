@@ -87,13 +87,16 @@ def log_dataset(run_id: str, ref: DatasetRef) -> None:
 def log_results(
     run_id: str, evaluation: EvaluationSummary, data_plots: list[str]
 ) -> None:
-    """Log test metrics, the per-class table and every plot."""
+    """Log test metrics, the per-class table, every plot and the reference profile."""
     client = tracking.client()
     tracking.log_evaluation(
         client, run_id, evaluation.metrics, evaluation.per_class, evaluation.confusion
     )
     tracking.log_files(client, run_id, map(Path, data_plots), "plots/data")
     tracking.log_files(client, run_id, map(Path, evaluation.plots), "plots/evaluation")
+    if evaluation.reference_profile:  # reference/profile.json: drift's baseline
+        profile = Path(evaluation.reference_profile)
+        tracking.log_files(client, run_id, [profile], profile.parent.name)
 
 
 @task(name="find-training", **MLFLOW_RETRY)
