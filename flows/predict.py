@@ -52,7 +52,7 @@ def mnist_predict(config: PredictConfig) -> PredictionResult:
         client, experiment_id, flow_run.get_name(), tags
     ) as run_id:
         log_params(run_id, config.model_dump() | {"model_version": version})
-        reference = load_reference(model_name, version) if version else None
+        reference = load_reference(model_name, version)
         outcome = predict_images(
             pinned,
             config.input,

@@ -63,8 +63,13 @@ def report_drift(report: DriftReport, model_name: str, model_version: str) -> bo
 
 
 @task(name="load-reference", **MLFLOW_RETRY)
-def load_reference(model_name: str, model_version: str) -> Profile | None:
+def load_reference(model_name: str | None, model_version: str | None) -> Profile | None:
     """The version's reference profile; None (said in one line) when it has none."""
+    if model_name is None or model_version is None:
+        get_run_logger().info(
+            "The model is not a registered version: predicting without drift figures"
+        )
+        return None
     text = tracking.reference_profile_json(tracking.client(), model_name, model_version)
     if text is None:
         get_run_logger().info(
