@@ -52,7 +52,7 @@ class Chunk:
 
     Attributes:
         failures: (file name, reason) of each file between these images that
-            could not be read.
+            could not be read or shows no single digit.
     """
 
     images: np.ndarray
@@ -446,7 +446,8 @@ def predict_to_csv(
     The CSV has one row per scored image, in input order: its id, the predicted
     class and the ten probabilities. It is written beside ``path`` and moved
     there once complete, so a failed run leaves no partial file. Files that
-    could not be read are listed in ``<path stem>.errors.csv`` (file, error).
+    could not be read or show no single digit are listed in
+    ``<path stem>.errors.csv`` (file, error).
 
     Args:
         predict: class probabilities (N, 10) for uint8 images (N, 28, 28).
@@ -484,7 +485,7 @@ def predict_to_csv(
 
 
 def errors_path(path: Path) -> Path:
-    """Where the files that could not be read are listed, beside the CSV."""
+    """Where the files skipped (unreadable or refused) are listed, beside the CSV."""
     return path.with_name(f"{path.stem}.errors.csv")
 
 
