@@ -453,11 +453,22 @@ class BatchMonitor:
         self._pixels = np.zeros(PIXEL_BINS, np.int64)
         self._classes = np.zeros(NUM_CLASSES, np.int64)
         self.images = 0
+        quantile = self.thresholds.ood_quantile
+        bounds = np.array(
+            [
+                np.quantile(reference.features[name], [quantile, 1 - quantile])
+                for name in self._names
+            ]
+        )
+        self._low, self._high = bounds[:, 0], bounds[:, 1]
+        # Confidence is out of range only below, entropy only above.
+        self._low[self._names.index("entropy")] = -np.inf
+        self._high[self._names.index("confidence")] = np.inf
 
     def add(self, images: np.ndarray, probabilities: np.ndarray) -> list[bool]:
         """Count a chunk in; whether each of its images is out of distribution."""
-        chunk = batch_profile(images, probabilities)
-        values = np.array([chunk.features[name] for name in self._names]).T
+        features = image_features(images) | output_features(probabilities)
+        values = np.column_stack([features[name] for name in self._names])
         self._sums += values.sum(axis=0)
         self._pixels += np.bincount(
             images.reshape(-1) // (256 // PIXEL_BINS), minlength=PIXEL_BINS
@@ -473,10 +484,8 @@ class BatchMonitor:
                 np.argpartition(self._keys, self.max_values)[: self.max_values]
             )
             self._keys, self._values = self._keys[keep], self._values[keep]
-        flags, _ = _out_of_distribution(
-            chunk, self.reference, self.thresholds.ood_quantile
-        )
-        return flags
+        # As _out_of_distribution, on arrays: no profile per chunk.
+        return ((values < self._low) | (values > self._high)).any(axis=1).tolist()
 
     def profile(self) -> Profile:
         """The batch so far, as :func:`batch_profile` describes it."""
