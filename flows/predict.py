@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from mnist_pipeline import registry, runs, tracking_store
 from mnist_pipeline.config import PredictConfig
 from mnist_pipeline.runtime import configure_flow_logs
+from tasks.drift import load_reference, report_drift
 from tasks.predict import log_predictions, predict_images
 from tasks.track import log_params
 
@@ -23,13 +24,15 @@ class PredictionResult(BaseModel):
     failed: int
     output: str
     errors: str | None
+    drift_detected: bool | None = None
 
 
 @flow(name="mnist-predict", log_prints=True)
 def mnist_predict(config: PredictConfig) -> PredictionResult:
     """Predict every image of ``config.input`` with ``config.model_uri`` into a CSV.
 
-    An alias is resolved once: the version recorded is the version that predicts.
+    An alias is resolved once: the version recorded is the version that predicts,
+    and its reference profile (when it has one) is what the batch is compared with.
     """
     configure_flow_logs()
     client = tracking_store.connect()
@@ -47,14 +50,27 @@ def mnist_predict(config: PredictConfig) -> PredictionResult:
     }
     with runs.tracked_run(client, experiment_id, flow_run.get_name(), tags) as run_id:
         log_params(run_id, config.model_dump() | {"model_version": version})
-        summary = predict_images(pinned, config.input, config.output, config.chunk_size)
-        log_predictions(run_id, summary, config.output)
+        reference = load_reference(model_name, version)
+        outcome = predict_images(
+            pinned,
+            config.input,
+            config.output,
+            config.chunk_size,
+            config.preprocessing,
+            reference,
+            config.drift,
+        )
+        log_predictions(run_id, outcome, config.output)
+        if outcome.drift is not None:
+            report_drift(outcome.drift, model_name, version)
+    drift = outcome.drift
     return PredictionResult(
         run_id=run_id,
         model_uri=config.model_uri,
         model_version=version,
-        images=summary["images"],
-        failed=summary["failed_images"],
+        images=int(outcome.metrics["images"]),
+        failed=int(outcome.metrics["failed_images"]),
         output=config.output,
-        errors=summary["errors"],
+        errors=outcome.errors,
+        drift_detected=drift.drift_detected if drift is not None else None,
     )

@@ -262,7 +262,10 @@ def drift_automation(
 
 
 @app.command()
-@with_options([CONFIG_FILE], config_options(PredictConfig, aliases=_MODEL_ALIAS))
+@with_options(
+    [CONFIG_FILE],
+    config_options(PredictConfig, exclude=["drift"], aliases=_MODEL_ALIAS),
+)
 def predict(ctx: typer.Context, **options: object) -> None:
     """Predict a batch of images with a registered model and write a CSV."""
     config = _config(ctx, PredictConfig, options)
@@ -273,13 +276,18 @@ def predict(ctx: typer.Context, **options: object) -> None:
     result = _run(launch, mnist_predict, config=config)
     version = result.model_version or "unregistered"
     skipped = (
-        [f"Unreadable, skipped: {result.failed} file(s), listed in {result.errors}"]
+        [
+            f"Unreadable or not one digit, skipped: {result.failed} file(s), "
+            f"listed in {result.errors}"
+        ]
         if result.failed
         else []
     )
+    drift = {None: [], True: ["Input drift: detected"], False: ["Input drift: none"]}
     launch.report(
         f"Predicted {result.images} image(s) with {result.model_uri} (v{version})",
         *skipped,
+        *drift[result.drift_detected],
         f"MLflow run id: {result.run_id}",
         f"Predictions: {result.output}",
     )

@@ -7,7 +7,7 @@ CLI builds it from options, and MLflow logs it as the run's params.
 from __future__ import annotations
 
 import itertools
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -287,6 +287,19 @@ class PredictConfig(BaseModel):
             "Images read, predicted and written at a time; memory grows with it, "
             "not with the input"
         ),
+    )
+    preprocessing: Literal["mnist", "resize"] = Field(
+        "mnist",
+        description=(
+            "How a folder's pictures become 28x28 images: 'mnist' crops to the ink "
+            "and centres it as MNIST's digits were made; 'resize' is the "
+            "notebook's plain resize (arrays are read as they are)"
+        ),
+    )
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig,
+        description="When a batch counts as drifted from the version's reference "
+        "profile (set in --config FILE.yaml)",
     )
 
 

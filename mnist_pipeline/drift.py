@@ -418,3 +418,91 @@ def drift_event(
             "psi": {f.name: round(f.psi, 4) for f in report.features if f.drifted},
         },
     }
+
+
+#: Per-image values a streamed batch keeps for its tests (a uniform sample of
+#: the batch beyond that): 9 floats an image, about 7 MB at most.
+BATCH_VALUES = 100_000
+
+
+class BatchMonitor:
+    """A batch's profile built chunk by chunk, each chunk's images flagged at once.
+
+    Means, the pixel histogram and the class shares count every image; the
+    per-image values the tests need are kept for at most ``max_values`` images,
+    a uniform sample (random keys, the smallest kept), so memory stays flat
+    however long the batch.
+    """
+
+    def __init__(
+        self,
+        reference: Profile,
+        thresholds: DriftConfig | None = None,
+        *,
+        max_values: int = BATCH_VALUES,
+        seed: int = 0,
+    ) -> None:
+        self.reference = reference
+        self.thresholds = thresholds or DriftConfig()
+        self.max_values = max_values
+        self._rng = np.random.default_rng(seed)
+        self._names = (*IMAGE_FEATURES, *OUTPUT_FEATURES)
+        self._keys = np.zeros(0)
+        self._values = np.zeros((0, len(self._names)))
+        self._sums = np.zeros(len(self._names))
+        self._pixels = np.zeros(PIXEL_BINS, np.int64)
+        self._classes = np.zeros(NUM_CLASSES, np.int64)
+        self.images = 0
+        quantile = self.thresholds.ood_quantile
+        bounds = np.array(
+            [
+                np.quantile(reference.features[name], [quantile, 1 - quantile])
+                for name in self._names
+            ]
+        )
+        self._low, self._high = bounds[:, 0], bounds[:, 1]
+        # Confidence is out of range only below, entropy only above.
+        self._low[self._names.index("entropy")] = -np.inf
+        self._high[self._names.index("confidence")] = np.inf
+
+    def add(self, images: np.ndarray, probabilities: np.ndarray) -> list[bool]:
+        """Count a chunk in; whether each of its images is out of distribution."""
+        features = image_features(images) | output_features(probabilities)
+        values = np.column_stack([features[name] for name in self._names])
+        self._sums += values.sum(axis=0)
+        self._pixels += np.bincount(
+            images.reshape(-1) // (256 // PIXEL_BINS), minlength=PIXEL_BINS
+        )
+        self._classes += np.bincount(
+            probabilities.argmax(axis=1), minlength=NUM_CLASSES
+        )
+        self.images += len(images)
+        self._keys = np.concatenate([self._keys, self._rng.random(len(images))])
+        self._values = np.concatenate([self._values, values])
+        if len(self._keys) > self.max_values:
+            keep = np.sort(
+                np.argpartition(self._keys, self.max_values)[: self.max_values]
+            )
+            self._keys, self._values = self._keys[keep], self._values[keep]
+        # As _out_of_distribution, on arrays: no profile per chunk.
+        return ((values < self._low) | (values > self._high)).any(axis=1).tolist()
+
+    def profile(self) -> Profile:
+        """The batch so far, as :func:`batch_profile` describes it."""
+        count = max(self.images, 1)
+        return Profile(
+            images=self.images,
+            features={
+                n: self._values[:, i].tolist() for i, n in enumerate(self._names)
+            },
+            means={
+                n: float(s / count)
+                for n, s in zip(self._names, self._sums, strict=True)
+            },
+            pixel_shares=(self._pixels / max(self._pixels.sum(), 1)).tolist(),
+            class_shares=(self._classes / count).tolist(),
+        )
+
+    def report(self) -> DriftReport:
+        """The batch so far against the reference (:func:`compare`)."""
+        return compare(self.profile(), self.reference, self.thresholds)

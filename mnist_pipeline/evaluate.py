@@ -24,6 +24,7 @@ class Evaluation:
     y_true: np.ndarray
     y_pred: np.ndarray
     confidence: np.ndarray
+    probabilities: np.ndarray
 
     def metrics(self) -> dict[str, float]:
         """Flat test metrics, per-class ones suffixed with the class."""
@@ -70,6 +71,7 @@ def score_predictions(probabilities: np.ndarray, y_true: np.ndarray) -> Evaluati
         y_true=y_true,
         y_pred=y_pred,
         confidence=probabilities.max(axis=1),
+        probabilities=probabilities,
     )
 
 

@@ -10,7 +10,13 @@ limit is refused (HTTP 413) from its ``Content-Length`` header before a byte of
 it is read, or as soon as a body without one grows past it; reading and
 answering together get ``request_timeout`` seconds (HTTP 408 while the body
 arrives, 504 after). The pyfunc refuses more images than the limit (HTTP 400).
-Every refusal names its limit and points to batch predict. ``/ping``,
+Every refusal names its limit and points to batch predict.
+``POST /predict-image`` takes one encoded picture (PNG or JPEG body,
+``Content-Type: image/...``) under the same bounds: it is normalised as batch
+predict normalises a folder's pictures
+(:func:`~mnist_pipeline.photos.normalise_photo`) and answered with the
+predicted digit and the ten probabilities; a picture showing no ink or several
+digits is refused (HTTP 422) with the reason. ``/ping``,
 ``/health`` and ``/version`` go to MLflow's FastAPI app
 (``scoring_server.init``) unchanged; ``/invocations`` bypasses it because its
 middleware stack cost about as much CPU per one-image request as the model.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import socket
@@ -43,6 +50,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: The most bytes of a refused body read (and dropped) before answering.
 DISCARD_AT_MOST = 256 * 2**20
+#: Largest picture decoded for /predict-image (pixels): a small compressed
+#: body can declare a huge image; it is refused from its header, undecoded.
+MAX_IMAGE_PIXELS = 50_000_000
+IMAGE_PATH = "/predict-image"
 
 _BATCH_ADVICE = (
     "Send fewer images per request, or score a large batch with "
@@ -69,7 +80,9 @@ class _Refused(Exception):
 
 
 class BoundedScoring:
-    """ASGI app: bounded ``POST /invocations``; other requests go to ``fallback``.
+    """ASGI app: bounded ``POST /invocations`` and ``POST /predict-image``.
+
+    Other requests go to ``fallback``.
 
     Args:
         score: MLflow's scoring function for one request body and content type,
@@ -77,6 +90,8 @@ class BoundedScoring:
         fallback: the app answering every other path (MLflow's).
         max_bytes: the largest body accepted.
         timeout: seconds for reading the body and answering.
+        score_image: answers ``/predict-image`` the same way (see
+            :func:`score_image`); without it that path goes to ``fallback``.
     """
 
     def __init__(
@@ -85,18 +100,18 @@ class BoundedScoring:
         fallback: ASGIApp,
         max_bytes: int,
         timeout: float,
+        score_image: Callable[[bytes, str], Any] | None = None,
     ) -> None:
-        self.score = score
+        self.routes = {"/invocations": score}
+        if score_image is not None:
+            self.routes[IMAGE_PATH] = score_image
         self.fallback = fallback
         self.max_bytes = max_bytes
         self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] != "/invocations"
-            or scope["method"] != "POST"
-        ):
+        score = self.routes.get(scope.get("path", ""))
+        if scope["type"] != "http" or score is None or scope["method"] != "POST":
             await self.fallback(scope, receive, send)
             return
         reading = True
@@ -107,7 +122,7 @@ class BoundedScoring:
                     return
                 reading = False
                 content_type = _header(scope, b"content-type") or ""
-                answer = await asyncio.to_thread(self.score, body, content_type)
+                answer = await asyncio.to_thread(score, body, content_type)
         except _Refused as refused:
             await self._discard(scope, receive)
             await _respond(send, refused.status, _error(refused.status, str(refused)))
@@ -203,6 +218,69 @@ async def _respond(
     await send({"type": "http.response.body", "body": data})
 
 
+@dataclass(frozen=True)
+class ImageAnswer:
+    """An answer shaped as MLflow's ``InvocationsResponse`` (status, JSON body)."""
+
+    status: int
+    response: str
+    mimetype: str = "application/json"
+
+
+def score_image(
+    body: bytes, content_type: str, predict: Callable[[Any], Any]
+) -> ImageAnswer:
+    """One encoded picture of a digit, normalised and predicted.
+
+    Args:
+        body: the PNG or JPEG file's bytes.
+        content_type: the request's; ``image/...`` is required.
+        predict: class probabilities (N, 10) for the signature's (N, 28, 28).
+
+    Returns:
+        200 with ``predicted_class`` and ``probabilities``; 415 for a body that
+        is not declared as an image, 400 for one that cannot be decoded, 413
+        for one declaring more than :data:`MAX_IMAGE_PIXELS` pixels, 422 with
+        ``reason`` ("no ink", "several digits") for a picture that does not
+        show one digit.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from mnist_pipeline.errors import DigitImageError
+    from mnist_pipeline.photos import normalise_photo
+    from mnist_pipeline.predict import UNREADABLE_IMAGE
+    from mnist_pipeline.serving import as_model_input
+
+    if not content_type.lower().startswith("image/"):
+        message = (
+            "Send the picture's bytes with Content-Type image/png or image/jpeg, "
+            f"not {content_type or 'none'!r}."
+        )
+        return ImageAnswer(415, _error(415, message))
+    try:
+        with Image.open(io.BytesIO(body)) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                message = (
+                    f"The picture is {image.width}x{image.height} pixels; this server "
+                    f"decodes at most {MAX_IMAGE_PIXELS:,} pixels. Send a smaller one."
+                )
+                return ImageAnswer(413, _error(413, message))
+            digit = normalise_photo(image)
+    except DigitImageError as exc:
+        refused = {"error_code": "INVALID_PARAMETER_VALUE", "reason": exc.reason}
+        return ImageAnswer(422, json.dumps(refused | {"message": str(exc)}))
+    except UNREADABLE_IMAGE as exc:
+        message = f"The body is not a readable PNG or JPEG picture: {exc}"
+        return ImageAnswer(400, _error(400, message))
+    probabilities = np.asarray(predict(as_model_input(digit[None])))[0]
+    answer = {
+        "predicted_class": int(probabilities.argmax()),
+        "probabilities": [float(p) for p in probabilities],
+    }
+    return ImageAnswer(200, json.dumps(answer))
+
+
 def create_app() -> ASGIApp:
     """uvicorn's factory: each worker loads the model and builds its app, at start."""
     import mlflow.pyfunc
@@ -224,11 +302,15 @@ def create_app() -> ASGIApp:
     def score(body: bytes, content_type: str):
         return scoring_server.invocations(body, content_type, model, schema)
 
+    def score_picture(body: bytes, content_type: str) -> ImageAnswer:
+        return score_image(body, content_type, model.predict)
+
     return BoundedScoring(
         score,
         scoring_server.init(model),
         settings.max_body_bytes,
         settings.request_timeout,
+        score_image=score_picture,
     )
 
 
@@ -261,7 +343,8 @@ def serve(config: ServeConfig, announce: Callable[[str], None] = print) -> None:
         os.environ[SETTINGS_VARIABLE] = json.dumps(asdict(settings))
         announce(
             f"Serving {pinned} ({config.model_uri}) at "
-            f"http://{config.host}:{config.port}/invocations with "
+            f"http://{config.host}:{config.port}/invocations (arrays) and "
+            f"{IMAGE_PATH} (one PNG/JPEG picture) with "
             f"{config.workers} worker(s): at most "
             f"{settings.max_images_per_request:,} image(s) and "
             f"{settings.max_body_bytes:,} bytes per request, "

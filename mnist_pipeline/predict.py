@@ -7,8 +7,10 @@ not grow with the number of images: a ``.npz`` array is read from its archive
 member row by row (compressed or not), an IDX file from its byte stream, a
 folder one file at a time (only the sorted file names are held). Whatever makes
 the whole input unusable (a missing path, a wrong layout, out-of-range values)
-is found before the first prediction; a file of a folder that cannot be read is
-reported and skipped.
+is found before the first prediction. A folder's pictures are normalised the
+way MNIST's digits were made (:func:`~mnist_pipeline.photos.normalise_photo`);
+a file that cannot be read, or shows no ink or several digits, is reported with
+its reason and skipped.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from mnist_pipeline.errors import PredictionInputError
+from mnist_pipeline.errors import DigitImageError, PredictionInputError
+from mnist_pipeline.photos import Normalisation, normalise_photo
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NPZ_KEYS = ("images", "x_test", "x")
@@ -49,7 +52,7 @@ class Chunk:
 
     Attributes:
         failures: (file name, reason) of each file between these images that
-            could not be read.
+            could not be read or shows no single digit.
     """
 
     images: np.ndarray
@@ -119,15 +122,20 @@ def check_input(spec: str) -> None:
         raise PredictionInputError(f"Prediction input '{spec}' does not exist.")
 
 
-def open_input(path: Path) -> PredictionSource:
+def open_input(path: Path, preprocessing: Normalisation = "mnist") -> PredictionSource:
     """Open a ``.npz``, an IDX image file or a folder of PNG/JPEG images.
+
+    Args:
+        preprocessing: how a folder's pictures become MNIST images
+            (:func:`~mnist_pipeline.photos.normalise_photo`'s mode); arrays are
+            MNIST images already and are read as they are.
 
     Raises:
         PredictionInputError: the path is missing, unreadable or of a wrong layout.
     """
     check_input(str(path))
     if path.is_dir():
-        return _open_folder(path)
+        return _open_folder(path, preprocessing)
     if path.suffix == ".npz":
         return _open_npz(path)
     if "idx" in path.name:
@@ -138,14 +146,14 @@ def open_input(path: Path) -> PredictionSource:
     )
 
 
-def load_inputs(path: Path) -> PredictionInput:
+def load_inputs(path: Path, preprocessing: Normalisation = "mnist") -> PredictionInput:
     """Every image of ``path`` in memory (see :func:`open_input`).
 
     Raises:
         PredictionInputError: as :func:`open_input`, or a file of a folder
-            cannot be read.
+            cannot be read or shows no single digit.
     """
-    source = open_input(path)
+    source = open_input(path, preprocessing)
     chunks = list(source.chunks(max(source.count, 1)))
     failures = [failure for chunk in chunks for failure in chunk.failures]
     if failures:
@@ -389,7 +397,7 @@ def _to_uint8(images: np.ndarray, scale: float | None) -> np.ndarray:
 # -- folders of images ------------------------------------------------------------
 
 
-def _open_folder(folder: Path) -> PredictionSource:
+def _open_folder(folder: Path, preprocessing: Normalisation) -> PredictionSource:
     with os.scandir(folder) as entries:
         names = sorted(
             entry.name
@@ -401,39 +409,25 @@ def _open_folder(folder: Path) -> PredictionSource:
 
     def chunks(size: int) -> Iterator[Chunk]:
         for start in range(0, len(names), size):
-            yield _read_images(folder, names[start : start + size])
+            yield _read_images(folder, names[start : start + size], preprocessing)
 
     return PredictionSource(str(folder), "file", len(names), chunks)
 
 
-def _read_images(folder: Path, names: list[str]) -> Chunk:
+def _read_images(folder: Path, names: list[str], preprocessing: Normalisation) -> Chunk:
+    """The chunk's pictures normalised; unreadable or refused files reported."""
     images, ids, failures = [], [], []
     for name in names:
         try:
             with Image.open(folder / name) as image:
-                images.append(to_mnist_image(image))
+                images.append(normalise_photo(image, preprocessing))
             ids.append(name)
+        except DigitImageError as exc:  # "no ink", "several digits": the reason
+            failures.append((name, str(exc)))
         except UNREADABLE_IMAGE as exc:
             failures.append((name, f"{type(exc).__name__}: {exc}"))
     stacked = np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
     return Chunk(stacked, ids, failures)
-
-
-def to_mnist_image(image: Image.Image) -> np.ndarray:
-    """A photo or scan of a digit as MNIST sees one: 28x28 grey, light on dark.
-
-    As the reference notebook treated a photo: grayscale, resize to 28x28, and
-    invert when the background is light (MNIST digits are white on black).
-    """
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        background = Image.new("RGBA", image.size, "white")
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    gray = image.convert("L")
-    pixels = np.asarray(gray, dtype=np.float32)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    small = np.asarray(gray.resize((28, 28), Image.Resampling.LANCZOS), dtype=np.uint8)
-    return 255 - small if border.mean() > 127 else small
 
 
 # -- predicting and writing -------------------------------------------------------
@@ -445,18 +439,23 @@ def predict_to_csv(
     path: Path,
     chunk_size: int,
     on_progress: Callable[[int, BatchSummary], None] | None = None,
+    flag: Callable[[np.ndarray, np.ndarray], list[bool]] | None = None,
 ) -> BatchSummary:
     """Predict ``source`` a chunk at a time into the CSV at ``path``.
 
     The CSV has one row per scored image, in input order: its id, the predicted
     class and the ten probabilities. It is written beside ``path`` and moved
     there once complete, so a failed run leaves no partial file. Files that
-    could not be read are listed in ``<path stem>.errors.csv`` (file, error).
+    could not be read or show no single digit are listed in
+    ``<path stem>.errors.csv`` (file, error).
 
     Args:
         predict: class probabilities (N, 10) for uint8 images (N, 28, 28).
         on_progress: called after each chunk with the items done so far (images
             and skipped files) and the running summary.
+        flag: given a chunk's images and probabilities, whether each image is
+            out of distribution (e.g. :meth:`~mnist_pipeline.drift.BatchMonitor.add`);
+            the CSV then has an ``out_of_distribution`` column (1 or 0).
 
     Raises:
         PredictionInputError: the input is unusable, or no file of a folder
@@ -465,13 +464,14 @@ def predict_to_csv(
     summary, failures = BatchSummary(), []
     started = time.perf_counter()
     with _Atomic(path) as rows:
-        rows.writerow(_header(source.id_column))
+        rows.writerow(_header(source.id_column, flagged=flag is not None))
         for chunk in source.chunks(chunk_size):
             failures += chunk.failures
             summary.failed += len(chunk.failures)
             if len(chunk.images):
                 probabilities = predict(chunk.images)
-                _write_rows(rows, chunk.ids, probabilities, summary)
+                flags = flag(chunk.images, probabilities) if flag else None
+                _write_rows(rows, chunk.ids, probabilities, summary, flags)
             summary.seconds = time.perf_counter() - started
             if on_progress is not None:
                 on_progress(summary.images + summary.failed, summary)
@@ -485,7 +485,7 @@ def predict_to_csv(
 
 
 def errors_path(path: Path) -> Path:
-    """Where the files that could not be read are listed, beside the CSV."""
+    """Where the files skipped (unreadable or refused) are listed, beside the CSV."""
     return path.with_name(f"{path.stem}.errors.csv")
 
 
@@ -506,14 +506,25 @@ def _listed(failures: list[tuple[str, str]], at_most: int = 5) -> str:
     return shown + (f"; and {more} more" if more > 0 else "")
 
 
-def _header(id_column: str) -> list[str]:
-    return [id_column, "predicted_class"] + [f"prob_{c}" for c in range(10)]
+def _header(id_column: str, flagged: bool = False) -> list[str]:
+    probabilities = [f"prob_{c}" for c in range(10)]
+    flags = ["out_of_distribution"] if flagged else []
+    return [id_column, "predicted_class", *probabilities, *flags]
 
 
-def _write_rows(rows, ids: list[str], probabilities: np.ndarray, summary) -> None:
+def _write_rows(
+    rows,
+    ids: list[str],
+    probabilities: np.ndarray,
+    summary,
+    flags: list[bool] | None = None,
+) -> None:
     predicted = probabilities.argmax(axis=1)
-    for ident, klass, row in zip(ids, predicted, probabilities, strict=True):
-        rows.writerow([ident, int(klass), *(f"{p:.6f}" for p in row)])
+    extra = [[int(f)] for f in flags] if flags is not None else [[]] * len(ids)
+    for ident, klass, row, more in zip(
+        ids, predicted, probabilities, extra, strict=True
+    ):
+        rows.writerow([ident, int(klass), *(f"{p:.6f}" for p in row), *more])
     summary.images += len(ids)
     summary.confidence_sum += float(probabilities.max(axis=1).sum())
     counts = np.bincount(predicted, minlength=10)

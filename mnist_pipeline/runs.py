@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -278,3 +279,20 @@ def log_sweep_outcome(
     """Tags and metrics saying what became of a sweep's best trial."""
     client.log_batch(run_id, tags=[RunTag(k, redact_text(v)) for k, v in tags.items()])
     log_metrics(client, run_id, metrics)
+
+
+def reference_profile_json(
+    client: MlflowClient, model_name: str, version: str
+) -> str | None:
+    """The reference profile (JSON) logged with a version's run; None without one.
+
+    Versions registered before drift monitoring have none: the run's
+    ``reference/`` folder is listed first, so only absence means None.
+    """
+    run_id = client.get_model_version(model_name, version).run_id
+    logged = {a.path for a in client.list_artifacts(run_id, "reference")}
+    if "reference/profile.json" not in logged:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(run_id, "reference/profile.json", folder)
+        return Path(path).read_text()

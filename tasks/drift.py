@@ -7,8 +7,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import Event, emit_event
 
-from mnist_pipeline.drift import DriftReport, drift_event
+from mnist_pipeline import runs, tracking_store
+from mnist_pipeline.drift import DriftReport, Profile, drift_event
 from mnist_pipeline.report import drift_markdown
+from tasks.track import MLFLOW_RETRY
 
 
 def emit_drift_event(
@@ -58,3 +60,25 @@ def report_drift(report: DriftReport, model_name: str, model_version: str) -> bo
         )
         emit_drift_event(report, model_name, model_version)
     return report.drift_detected
+
+
+@task(name="load-reference", **MLFLOW_RETRY)
+def load_reference(model_name: str | None, model_version: str | None) -> Profile | None:
+    """The version's reference profile; None (said in one line) when it has none."""
+    if model_name is None or model_version is None:
+        get_run_logger().info(
+            "The model is not a registered version: predicting without drift figures"
+        )
+        return None
+    text = runs.reference_profile_json(
+        tracking_store.client(), model_name, model_version
+    )
+    if text is None:
+        get_run_logger().info(
+            "%s v%s has no reference profile (registered before drift monitoring): "
+            "predicting without drift figures",
+            model_name,
+            model_version,
+        )
+        return None
+    return Profile.model_validate_json(text)

@@ -5,17 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from mnist_pipeline import plots
+from mnist_pipeline.drift import reference_profile
 from mnist_pipeline.evaluate import evaluate_model, feature_maps
 from mnist_pipeline.gate import Scores
 from mnist_pipeline.preprocess import PreparedData
 from tasks.train import TrainedModel
 
 FEATURE_IMAGE = 0  # which test image the feature-map plots show
+#: The version's reference profile, under the run's artifacts (and the workdir).
+REFERENCE_PROFILE = "reference/profile.json"
 
 
 class EvaluationSummary(BaseModel):
@@ -25,6 +29,7 @@ class EvaluationSummary(BaseModel):
     per_class: list[dict[str, float]]
     confusion: list[list[int]]
     plots: list[str]
+    reference_profile: str | None = None
 
     def scores(self) -> Scores:
         """What the promotion gate compares: correct test images, worst recall."""
@@ -35,7 +40,7 @@ class EvaluationSummary(BaseModel):
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(trained: TrainedModel, prepared_path: str) -> EvaluationSummary:
-    """Evaluate on the test split; write confusion, errors, curves and feature maps."""
+    """Evaluate on the test split; write plots and the version's reference profile."""
     model = keras.saving.load_model(trained.path)
     data = PreparedData.load(Path(prepared_path))
     result = evaluate_model(model, data.x_test, data.y_test)
@@ -60,10 +65,19 @@ def evaluate(trained: TrainedModel, prepared_path: str) -> EvaluationSummary:
     paths = [
         str(plots.save_figure(fig, folder / name)) for name, fig in figures.items()
     ]
+    # What batches will be compared with: the test split as the model sees it
+    # (uint8 pixels back from the 0..1 scaling) and its outputs on it.
+    images = np.rint(data.x_test.reshape(-1, 28, 28) * 255.0).astype(np.uint8)
+    profile = Path(trained.path).parent / REFERENCE_PROFILE
+    profile.parent.mkdir(parents=True, exist_ok=True)
+    profile.write_text(
+        reference_profile(images, result.probabilities).model_dump_json()
+    )
     get_run_logger().info("Test accuracy %.4f, loss %.4f", result.accuracy, result.loss)
     return EvaluationSummary(
         metrics=result.metrics(),
         per_class=result.per_class,
         confusion=result.confusion.tolist(),
         plots=paths,
+        reference_profile=str(profile),
     )

@@ -8,8 +8,12 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
-from mnist_pipeline import packaging, runs, tracking_store
+from mnist_pipeline import packaging, plots, runs, tracking_store
+from mnist_pipeline.config import DriftConfig
+from mnist_pipeline.drift import BatchMonitor, DriftReport, Profile
+from mnist_pipeline.photos import Normalisation
 from mnist_pipeline.predict import BatchSummary, open_input, predict_to_csv
 from mnist_pipeline.serving import as_model_input
 from tasks.track import MLFLOW_RETRY
@@ -46,17 +50,34 @@ class _Progress:
         )
 
 
+class BatchOutcome(BaseModel):
+    """What a batch prediction produced: metrics, the skipped files, its drift."""
+
+    metrics: dict[str, float]
+    errors: str | None = None
+    drift: DriftReport | None = None
+    drift_plot: str | None = None
+
+
 @task(name="predict", cache_policy=NO_CACHE)
 def predict_images(
-    model_uri: str, input_path: str, output_path: str, chunk_size: int
-) -> dict:
+    model_uri: str,
+    input_path: str,
+    output_path: str,
+    chunk_size: int,
+    preprocessing: Normalisation = "mnist",
+    reference: Profile | None = None,
+    thresholds: DriftConfig | None = None,
+) -> BatchOutcome:
     """Read the inputs a chunk at a time, predict each with the model, write the CSV.
 
-    Returns:
-        The run's metrics, and ``errors``: the list of unreadable files, if any.
+    With a ``reference`` profile the batch's profile is built chunk by chunk,
+    each image flagged in the CSV, the batch compared with the reference and
+    the overlay plot written beside the CSV (``<stem>.drift.png``).
     """
-    source = open_input(Path(input_path))
+    source = open_input(Path(input_path), preprocessing)
     model = packaging.load_pyfunc(model_uri)
+    monitor = BatchMonitor(reference, thresholds) if reference is not None else None
     logger = get_run_logger()
     logger.info(
         "Predicting %d image(s) of %s with %s", source.count, input_path, model_uri
@@ -67,6 +88,7 @@ def predict_images(
         Path(output_path),
         chunk_size,
         on_progress=_Progress(source.count, input_path),
+        flag=monitor.add if monitor is not None else None,
     )
     logger.info(
         "Predicted %d image(s) from %s into %s in %.1f s (%.0f images/s)",
@@ -78,22 +100,32 @@ def predict_images(
     )
     if summary.failed:
         logger.warning(
-            "%d file(s) of %s could not be read and were skipped; listed in %s",
+            "%d file(s) of %s could not be read or show no single digit and were "
+            "skipped; listed with the reasons in %s",
             summary.failed,
             input_path,
             summary.errors_path,
         )
     errors = str(summary.errors_path) if summary.errors_path else None
-    return summary.metrics() | {"errors": errors}
+    if monitor is None:
+        return BatchOutcome(metrics=summary.metrics(), errors=errors)
+    report = monitor.report()
+    plot = Path(output_path).with_name(f"{Path(output_path).stem}.drift.png")
+    plots.save_figure(plots.plot_drift(monitor.profile(), reference, report), plot)
+    return BatchOutcome(
+        metrics=summary.metrics() | report.metrics(),
+        errors=errors,
+        drift=report,
+        drift_plot=str(plot),
+    )
 
 
 @task(name="log-predictions", **MLFLOW_RETRY)
-def log_predictions(run_id: str, summary: dict, output_path: str) -> None:
-    """Log the prediction counts, the CSV and the list of unreadable files."""
+def log_predictions(run_id: str, outcome: BatchOutcome, output_path: str) -> None:
+    """Log the metrics (drift's too), the CSV, the skipped files and the drift plot."""
     client = tracking_store.client()
-    metrics = {k: v for k, v in summary.items() if k != "errors"}
-    runs.log_metrics(client, run_id, metrics)
-    files = [Path(output_path)] + (
-        [Path(summary["errors"])] if summary["errors"] else []
-    )
+    runs.log_metrics(client, run_id, outcome.metrics)
+    files = [Path(output_path)] + ([Path(outcome.errors)] if outcome.errors else [])
     runs.log_files(client, run_id, files, "predictions")
+    if outcome.drift_plot:
+        runs.log_files(client, run_id, [Path(outcome.drift_plot)], "drift")

@@ -84,13 +84,16 @@ def log_dataset(run_id: str, ref: DatasetRef) -> None:
 def log_results(
     run_id: str, evaluation: EvaluationSummary, data_plots: list[str]
 ) -> None:
-    """Log test metrics, the per-class table and every plot."""
+    """Log test metrics, the per-class table, every plot and the reference profile."""
     client = tracking_store.client()
     runs.log_evaluation(
         client, run_id, evaluation.metrics, evaluation.per_class, evaluation.confusion
     )
     runs.log_files(client, run_id, map(Path, data_plots), "plots/data")
     runs.log_files(client, run_id, map(Path, evaluation.plots), "plots/evaluation")
+    if evaluation.reference_profile:  # reference/profile.json: drift's baseline
+        profile = Path(evaluation.reference_profile)
+        runs.log_files(client, run_id, [profile], profile.parent.name)
 
 
 @task(name="find-training", **MLFLOW_RETRY)

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mnist_pipeline.data import Dataset
@@ -55,7 +56,7 @@ class Registry:
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory) -> Registry:
     """Train a small but real model once per session and register it."""
-    from mnist_pipeline import packaging, registry, runs, tracking_store
+    from mnist_pipeline import drift, packaging, registry, runs, tracking_store
     from mnist_pipeline.data import load_sample, stratified_subset
     from mnist_pipeline.evaluate import evaluate_model
     from mnist_pipeline.preprocess import preprocess
@@ -68,7 +69,11 @@ def trained_registry(tmp_path_factory) -> Registry:
     model, _ = train_model(
         prepared, epochs=4, batch_size=100, learning_rate=0.002, seed=0
     )
-    accuracy = evaluate_model(model, prepared.x_test, prepared.y_test).accuracy
+    evaluation = evaluate_model(model, prepared.x_test, prepared.y_test)
+    accuracy = evaluation.accuracy
+    # The reference profile the evaluate task logs with every version.
+    test_images = np.rint(prepared.x_test.reshape(-1, 28, 28) * 255).astype(np.uint8)
+    profile = drift.reference_profile(test_images, evaluation.probabilities)
     model.save(root / "model.keras")
     client = tracking_store.connect(uri)
     experiment = client.create_experiment(
@@ -78,5 +83,6 @@ def trained_registry(tmp_path_factory) -> Registry:
         packaging.log_model(
             run_id, root / "model.keras", "mnist-cnn", sample.x_test[:1], {}
         )
+        client.log_text(run_id, profile.model_dump_json(), "reference/profile.json")
     registry.move_champion(client, "mnist-cnn", "1", by="test", reason="fixture")
     return Registry(uri=uri, root=root, sample=sample, accuracy=accuracy)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from flows.predict import mnist_predict
-from mnist_pipeline import packaging, tracking_store
+from mnist_pipeline import packaging, runs, tracking_store
 from mnist_pipeline.config import PredictConfig
 from mnist_pipeline.serving import as_model_input
 
@@ -99,6 +99,15 @@ def test_predicts_every_format_in_chunks(
     assert run.data.metrics["images_per_second"] > 0
     artifacts = [a.path for a in client.list_artifacts(result.run_id, "predictions")]
     assert artifacts == [f"predictions/{kind}.csv"]
+    # Compared with the version's reference profile: MNIST's own images do not
+    # drift; each image is flagged in the CSV.
+    if kind != "folder":
+        assert result.drift_detected is False
+        assert run.data.metrics["drift_detected"] == 0
+    assert {r["out_of_distribution"] for r in rows} <= {"0", "1"}
+    assert "drift_mean_intensity_psi" in run.data.metrics
+    drift_files = [a.path for a in client.list_artifacts(result.run_id, "drift")]
+    assert drift_files == [f"drift/{kind}.drift.png"]
 
 
 def test_broken_file_is_reported_and_the_rest_scored(
@@ -172,3 +181,68 @@ def test_cli_predict_and_its_errors(
     assert no_alias.returncode == 1
     assert "Traceback" not in no_alias.stdout + no_alias.stderr
     assert "has no alias @staging" in no_alias.stderr
+
+
+def test_a_drifted_batch_is_flagged_logged_and_announced(
+    trained_registry, prefect_api_url, tmp_path, monkeypatch
+):
+    import tasks.drift
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_registry.uri)
+    events = []
+    real_emit = tasks.drift.emit_event
+    monkeypatch.setattr(
+        tasks.drift,
+        "emit_event",
+        lambda **event: events.append(event) or real_emit(**event),
+    )
+    inverted = tmp_path / "inverted.npz"
+    np.savez(inverted, images=255 - trained_registry.sample.x_test[:N])
+    output = tmp_path / "inverted.csv"
+    config = PredictConfig(input=str(inverted), output=str(output), chunk_size=CHUNK)
+    result = mnist_predict(config)
+
+    assert result.drift_detected is True
+    rows = read_rows(output)
+    assert [r["out_of_distribution"] for r in rows] == ["1"] * N
+    run = tracking_store.connect().get_run(result.run_id)
+    assert run.data.metrics["drift_detected"] == 1
+    assert run.data.metrics["ood_share"] == 1.0
+    assert run.data.metrics["drift_mean_intensity_psi"] > 1
+    (event,) = events
+    assert event["event"] == "mnist.drift.detected"
+    assert event["resource"]["mnist.model.version"] == "1"
+    assert "mean_intensity" in event["payload"]["drifting_features"]
+
+
+def test_a_version_without_reference_profile_still_predicts(
+    trained_registry, prefect_api_url, tmp_path, monkeypatch
+):
+    from mnist_pipeline import registry
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_registry.uri)
+    client = tracking_store.connect()
+    experiment = tracking_store.ensure_experiment(client, "legacy")
+    with runs.tracked_run(client, experiment, "legacy", {}) as run_id:
+        packaging.log_model(  # as every version was registered before profiles
+            run_id,
+            trained_registry.root / "model.keras",
+            "mnist-legacy",
+            trained_registry.sample.x_test[:1],
+            {},
+        )
+    registry.move_champion(client, "mnist-legacy", "1", by="test", reason="old")
+    batch = tmp_path / "batch.npz"
+    np.savez(batch, images=trained_registry.sample.x_test[:N])
+    output = tmp_path / "legacy.csv"
+    config = PredictConfig(
+        model_uri="models:/mnist-legacy@champion", input=str(batch), output=str(output)
+    )
+    result = mnist_predict(config)
+
+    assert result.images == N and result.drift_detected is None
+    rows = read_rows(output)
+    assert len(rows) == N and "out_of_distribution" not in rows[0]
+    run = client.get_run(result.run_id)
+    assert "drift_detected" not in run.data.metrics
+    assert client.list_artifacts(result.run_id, "drift") == []

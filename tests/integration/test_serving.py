@@ -113,3 +113,36 @@ def test_requests_over_the_limits_are_refused_naming_them(served):
     assert "mnist-pipeline predict" in body["message"]
     status, _ = post(url, {"inputs": np.zeros((1, 28, 28), int).tolist()})
     assert status == 200  # and the server goes on answering
+
+
+def post_picture(url: str, data: bytes, kind: str = "image/png") -> tuple[int, dict]:
+    request = urllib.request.Request(url, data, {"Content-Type": kind})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_a_png_photo_gets_the_served_champions_digit(served, in_process, tmp_path):
+    from PIL import Image
+
+    from mnist_pipeline import photoset
+    from mnist_pipeline.photos import normalise_photo
+
+    url = served[0].replace("/invocations", "/predict-image")
+    strokes, labels = photoset.uci_strokes()
+    (record,) = photoset.write_photo_set(tmp_path, strokes[:1], labels[:1], seed=4)
+    photo = tmp_path / record.file
+    assert photo.suffix == ".png"  # style "paper": dark ink on tinted paper
+    status, body = post_picture(url, photo.read_bytes())
+    assert status == 200, body
+    with Image.open(photo) as image:
+        expected = in_process.predict(as_model_input(normalise_photo(image)[None]))[0]
+    np.testing.assert_allclose(body["probabilities"], expected, atol=1e-6)
+    assert body["predicted_class"] == int(expected.argmax())
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (90, 120), (240, 236, 228)).save(blank)
+    status, body = post_picture(url, blank.read_bytes())
+    assert status == 422 and body["reason"] == "no ink"

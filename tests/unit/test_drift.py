@@ -193,3 +193,35 @@ def test_the_overlay_plot_and_the_artifact_mark_the_drifting_features(
         reference,
     )
     assert "**no drift**" in drift_markdown(calm, "mnist-cnn", "3")
+
+
+def test_a_batch_streamed_in_chunks_has_the_profile_of_the_whole(sample, reference):
+    images, labels = 255 - sample.x_test[:250], sample.y_test[:250]
+    monitor = drift.BatchMonitor(reference)
+    flags = []
+    for start in range(0, 250, 64):
+        chunk = slice(start, start + 64)
+        flags += monitor.add(images[chunk], outputs(labels)[chunk])
+    whole = drift.batch_profile(images, outputs(labels))
+    streamed = monitor.profile()
+    assert streamed.images == 250
+    for name, values in whole.features.items():
+        np.testing.assert_allclose(streamed.features[name], values)
+        assert streamed.means[name] == pytest.approx(whole.means[name])
+    np.testing.assert_allclose(streamed.pixel_shares, whole.pixel_shares)
+    np.testing.assert_allclose(streamed.class_shares, whole.class_shares)
+    report = monitor.report()
+    assert report.drift_detected and flags == report.out_of_distribution
+
+
+def test_a_long_batch_keeps_a_bounded_sample_of_values(sample, reference):
+    monitor = drift.BatchMonitor(reference, max_values=100)
+    for start in range(0, 1000, 200):
+        chunk = slice(start, start + 200)
+        monitor.add(sample.x_test[chunk], outputs(sample.y_test)[chunk])
+    profile = monitor.profile()
+    assert profile.images == 1000
+    assert all(len(values) == 100 for values in profile.features.values())
+    whole = drift.batch_profile(sample.x_test, outputs(sample.y_test))
+    assert profile.means == pytest.approx(whole.means)  # every image counted
+    assert monitor.report().drift_detected is False

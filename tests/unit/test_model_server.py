@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
+from PIL import Image
 
-from mnist_pipeline.model_server import DISCARD_AT_MOST, BoundedScoring
+from mnist_pipeline import photoset
+from mnist_pipeline.model_server import DISCARD_AT_MOST, BoundedScoring, score_image
 
 LIMIT = 100
 
@@ -18,9 +22,17 @@ def answer(status=200, body='{"predictions": []}', mimetype="application/json"):
     return SimpleNamespace(status=status, response=body, mimetype=mimetype)
 
 
-def call(app, body_parts, *, path="/invocations", length=None, pause=0.0):
+def call(
+    app,
+    body_parts,
+    *,
+    path="/invocations",
+    length=None,
+    pause=0.0,
+    kind=b"application/json",
+):
     """Run one request through ``app``: status, headers and body of its answer."""
-    headers = [(b"content-type", b"application/json")]
+    headers = [(b"content-type", kind)]
     if length is not None:
         headers.append((b"content-length", str(length).encode()))
     scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
@@ -123,3 +135,64 @@ def test_other_paths_go_to_mlflow_app(path):
 
     status, _, body, _ = call(bounded(fallback=fallback), [b""], path=path)
     assert (status, body) == (299, path.encode())
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def picture_model(images):
+    """A stand-in model: class 3, sure of it; records what it was given."""
+    picture_model.seen = np.asarray(images)
+    return np.eye(10, dtype=np.float32)[[3] * len(images)]
+
+
+def image_app(max_bytes=LIMIT):
+    return BoundedScoring(
+        lambda body, kind: answer(),
+        None,
+        max_bytes,
+        5.0,
+        score_image=lambda body, kind: score_image(body, kind, picture_model),
+    )
+
+
+def test_a_photo_is_normalised_predicted_and_answered_as_json(tmp_path):
+    strokes, labels = photoset.uci_strokes()
+    (record,) = photoset.write_photo_set(tmp_path, strokes[:1], labels[:1], seed=2)
+    body = (tmp_path / record.file).read_bytes()
+    status, _, answer_body, _ = call(
+        image_app(len(body)), [body], path="/predict-image", kind=b"image/png"
+    )
+    assert status == 200
+    answered = json.loads(answer_body)
+    assert answered["predicted_class"] == 3 and len(answered["probabilities"]) == 10
+    seen = picture_model.seen
+    assert seen.shape == (1, 28, 28) and seen.max() == 255  # normalised, not scaled
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "status", "expected"),
+    [
+        (png(Image.new("L", (64, 64), 230)), b"image/png", 422, "no ink"),
+        (b"\x89PNG not really", b"image/png", 400, "not a readable PNG or JPEG"),
+        (png(Image.new("L", (8, 8))), b"application/json", 415, "Content-Type image"),
+    ],
+)
+def test_refused_pictures_say_why(body, kind, status, expected):
+    got, _, answer_body, _ = call(
+        image_app(10_000), [body], path="/predict-image", kind=kind
+    )
+    answered = json.loads(answer_body)
+    assert got == status and expected in answered["message"]
+    if status == 422:
+        assert answered["reason"] == "no ink"
+
+
+def test_a_picture_over_the_body_limit_is_refused_unread():
+    status, _, body, _ = call(
+        image_app(), [b"x" * 200], path="/predict-image", length=200, kind=b"image/png"
+    )
+    assert status == 413 and "max_body_bytes" in json.loads(body)["message"]

@@ -40,7 +40,7 @@ def _options(command: str) -> dict[str, object]:
     ("command", "models", "exclude"),
     [
         ("train", [TrainConfig], ()),
-        ("predict", [PredictConfig], ()),
+        ("predict", [PredictConfig], ("drift",)),
         ("serve-model", [ServeConfig], ()),
         ("prune", [PruneConfig], ()),
         ("promote", [RegistryConfig], ()),

@@ -5,18 +5,22 @@ from __future__ import annotations
 import csv
 import gzip
 import struct
+from typing import get_args
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from mnist_pipeline import drift, photoset, predict
+from mnist_pipeline.config import PredictConfig
+from mnist_pipeline.data import load_sample
 from mnist_pipeline.errors import PredictionInputError
+from mnist_pipeline.photos import NORMALISATIONS
 from mnist_pipeline.predict import (
     as_model_images,
     load_inputs,
     open_input,
     predict_to_csv,
-    to_mnist_image,
     write_predictions,
 )
 
@@ -52,22 +56,11 @@ def test_bad_arrays_are_refused(array, message):
         as_model_images(array, "input.npz")
 
 
-def test_photo_of_dark_digit_on_light_paper_is_inverted_and_resized():
-    photo = np.full((200, 150, 3), 235, np.uint8)  # light paper, any size, colour
-    photo[30:170, 65:85] = (20, 20, 60)  # dark ink stroke
-    converted = to_mnist_image(Image.fromarray(photo))
-    assert converted.shape == (28, 28) and converted.dtype == np.uint8
-    assert converted[0, 0] < 30  # background became dark
-    assert converted[14, 14] > 180  # stroke became light
-
-
-def test_light_digit_on_dark_stays_and_alpha_is_composited_on_white():
-    kept = to_mnist_image(Image.fromarray(digit()))
-    np.testing.assert_array_equal(kept > 127, digit() > 127)
-    rgba = np.zeros((56, 56, 4), np.uint8)  # transparent background
-    rgba[8:48, 24:32] = (0, 0, 0, 255)  # opaque black stroke
-    converted = to_mnist_image(Image.fromarray(rgba, mode="RGBA"))
-    assert converted[0, 0] < 30 and converted[14, 14] > 180
+def test_the_folder_path_has_one_conversion_and_the_config_names_its_modes():
+    assert not hasattr(predict, "to_mnist_image")  # photos.normalise_photo only
+    field = PredictConfig.model_fields["preprocessing"]
+    assert get_args(field.annotation) == NORMALISATIONS
+    assert field.default == "mnist"
 
 
 def test_folder_of_images(tmp_path):
@@ -236,7 +229,8 @@ def write_folder(folder, count: int, broken: tuple[str, ...] = ()) -> list[str]:
 
 def test_folder_chunks_skip_and_name_unreadable_files(tmp_path):
     names = write_folder(tmp_path, 5, broken=("img_001b.png",))
-    read, ids, chunks = stitched(open_input(tmp_path), 2)
+    # "resize" keeps a 28x28 picture's pixels: each image still tells its index.
+    read, ids, chunks = stitched(open_input(tmp_path, "resize"), 2)
     assert ids == names
     assert [f for c in chunks for f, _ in c.failures] == ["img_001b.png"]
     assert [int(image[0, 0]) for image in read] == [0, 1, 2, 3, 4]
@@ -274,7 +268,7 @@ def test_unreadable_files_go_to_an_errors_file_and_the_rest_is_scored(tmp_path):
     names = write_folder(photos, 4, broken=("img_000b.png", "img_002b.png"))
     errors_file = tmp_path / "out.errors.csv"
     summary = predict_to_csv(
-        open_input(photos), one_hot_of_first_pixel, tmp_path / "out.csv", 3
+        open_input(photos, "resize"), one_hot_of_first_pixel, tmp_path / "out.csv", 3
     )
     rows = list(csv.DictReader((tmp_path / "out.csv").open()))
     assert [r["file"] for r in rows] == names
@@ -285,7 +279,9 @@ def test_unreadable_files_go_to_an_errors_file_and_the_rest_is_scored(tmp_path):
 
     for name in ("img_000b.png", "img_002b.png"):  # a clean rerun: no stale list
         (photos / name).unlink()
-    predict_to_csv(open_input(photos), one_hot_of_first_pixel, tmp_path / "out.csv", 3)
+    predict_to_csv(
+        open_input(photos, "resize"), one_hot_of_first_pixel, tmp_path / "out.csv", 3
+    )
     assert not errors_file.exists()
 
 
@@ -298,3 +294,66 @@ def test_a_failed_run_leaves_no_csv(tmp_path):
     with pytest.raises(PredictionInputError, match=r"None of the 2 image\(s\)"):
         predict_to_csv(open_input(photos), one_hot_of_first_pixel, output, 1)
     assert list(tmp_path.glob("out.csv*")) == []
+
+
+# -- photos: normalised, refused ones reported; drift flagged per image -----------
+
+
+def two_digits(sample) -> Image.Image:
+    """Two of the sample's test digits side by side, dark on light paper."""
+    pair = np.concatenate([sample.x_test[0], sample.x_test[1]], axis=1)
+    return Image.fromarray(255 - np.pad(pair, 8)).resize((224, 112))
+
+
+def test_a_photo_folder_scores_the_digits_and_reports_blank_and_double_ones(
+    tmp_path,
+):
+    sample = load_sample()
+    strokes, labels = photoset.uci_strokes()
+    photos = tmp_path / "photos"
+    records = photoset.write_photo_set(photos, strokes[:6], labels[:6], seed=1)
+    Image.new("RGB", (120, 160), (236, 232, 220)).save(photos / "blank.png")
+    two_digits(sample).save(photos / "two.png")
+    seen = []
+
+    def model(images: np.ndarray) -> np.ndarray:
+        seen.append(images)
+        return np.full((len(images), 10), 0.1, np.float32)
+
+    summary = predict_to_csv(open_input(photos), model, tmp_path / "out.csv", 4)
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [r["file"] for r in rows] == sorted(r.file for r in records)
+    errors = {e["file"]: e["error"] for e in csv.DictReader(summary.errors_path.open())}
+    assert set(errors) == {"blank.png", "two.png"}
+    assert errors["blank.png"].startswith("no ink")
+    assert errors["two.png"].startswith("several digits")
+    assert (summary.images, summary.failed) == (6, 2)
+    # What the model saw was normalised as MNIST's digits are: ink box <= 20 px.
+    for image in np.concatenate(seen):
+        rows_with_ink = np.flatnonzero(image.max(axis=1) > 0)
+        assert np.ptp(rows_with_ink) < 20
+
+
+def test_the_csv_gets_each_images_out_of_distribution_flag(tmp_path):
+    sample = load_sample()
+    labels = sample.y_test[:300]
+    probabilities = np.eye(10)[labels] * 0.9 + 0.01
+    reference = drift.reference_profile(sample.x_test[:300], probabilities)
+    images = sample.x_test[:20].copy()
+    images[1::2] = 255 - images[1::2]  # every other image inverted
+    np.savez(tmp_path / "batch.npz", images=images)
+    monitor = drift.BatchMonitor(reference)
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        return np.full((len(batch), 10), 0.1)
+
+    predict_to_csv(
+        open_input(tmp_path / "batch.npz"),
+        model,
+        tmp_path / "out.csv",
+        6,
+        flag=monitor.add,
+    )
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [int(r["out_of_distribution"]) for r in rows[1::2]] == [1] * 10
+    assert monitor.images == 20
