@@ -176,6 +176,7 @@ def test_deployment_carries_its_cron_schedule_and_upcoming_runs(servers, deploye
         assert (start.hour, start.minute) == (2, 0)
 
 
+@pytest.mark.slow  # an overlap scenario of whole runs: CI runs it (-m slow)
 def test_overlapping_runs_wait_their_turn_and_train_once(servers, deployed):
     # Two runs with the same parameters, as two overlapping nightly runs would
     # have, both waiting before the worker starts.

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+import pytest
+
 from mnist_pipeline import registry, tracking_store
 
 from .conftest import run_cli
@@ -155,6 +157,7 @@ def test_unreachable_tracking_server_fails_fast_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # an overlap scenario of whole runs: CI runs it (-m slow)
 def test_two_identical_runs_at_once_train_once(tmp_path):
     # The CLI's embedded defaults for both: one SQLite MLflow store, one Prefect
     # home (each process starts a temporary server on the same database), one

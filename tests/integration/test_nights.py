@@ -182,6 +182,7 @@ def test_a_registry_error_during_the_gate_fails_closed(server, datasets, tmp_pat
     assert sorted(versions(client, model)) == ["1", "2"]
 
 
+@pytest.mark.slow  # an overlap scenario of whole runs: CI runs it (-m slow)
 def test_overlapping_runs_promote_the_better_one_in_either_order(
     server, datasets, tmp_path
 ):
