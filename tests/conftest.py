@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from mnist_pipeline.data import Dataset
+from mnist_pipeline.data import Dataset, DatasetRef
 from mnist_pipeline.runtime import configure_environment
 
 
@@ -53,6 +53,18 @@ def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         top = 2 + 2 * int(label)
         images[i, top : top + 3, 4:24] = 255
     return images, labels
+
+
+#: A saved dataset's reference as the gate and the registry see it (nothing on disk).
+SAMPLE_REF = DatasetRef(
+    path="unused.npz",
+    name="mnist-sample",
+    source="bundled",
+    digest="d1g3st",
+    split_digests={"train": "tr41n", "test": "t3st"},
+    shapes={},
+    dtypes={},
+)
 
 
 @pytest.fixture

@@ -10,19 +10,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from mnist_pipeline import promotion, registry
-from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.gate import CandidateChecks, Scores, Thresholds, score_tags
 
-REF = DatasetRef(
-    path="unused.npz",
-    name="mnist-sample",
-    source="bundled",
-    digest="d1g3st",
-    split_digests={"train": "tr41n", "test": "t3st"},
-    shapes={},
-    dtypes={},
-)
+from ..conftest import SAMPLE_REF
+
 THRESHOLDS = Thresholds(
     min_accuracy=0.9,
     min_accuracy_gain=0.0,
@@ -83,7 +75,7 @@ def _promote(client, candidate: Scores, rescore=None):
         version="2",
         candidate=candidate,
         checks=CHECKS,
-        ref=REF,
+        ref=SAMPLE_REF,
         thresholds=THRESHOLDS,
         rescore=rescore or no_rescore,
         logger=LOG,
@@ -157,7 +149,7 @@ def test_a_retried_run_whose_move_went_through_is_not_compared_with_itself():
 def test_the_record_holds_the_verdict_figures_and_a_description():
     client = Registry({"1": _tested(Scores(94, 100, 0.9)), "2": {}}, champion="1")
     outcome = _promote(client, Scores(95, 100, 0.9))
-    record = promotion.gate_record(outcome, Scores(95, 100, 0.9), REF)
+    record = promotion.gate_record(outcome, Scores(95, 100, 0.9), SAMPLE_REF)
     assert record.tags == {
         "gate.decision": "promoted",
         "gate.compared_with": "v1",

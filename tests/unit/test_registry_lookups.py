@@ -9,8 +9,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
 
 from mnist_pipeline import registry
-from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.gate import Scores
+
+from ..conftest import SAMPLE_REF
 
 
 class Versions:
@@ -59,15 +60,7 @@ def test_a_key_that_is_not_a_digest_is_refused_before_the_query():
 
 
 def test_a_candidate_is_tagged_with_its_data_scores_and_lineage():
-    ref = DatasetRef(
-        path="unused.npz",
-        name="mnist-sample",
-        source="bundled",
-        digest="d1g3st",
-        split_digests={"train": "tr41n", "test": "t3st"},
-        shapes={},
-        dtypes={},
-    )
+    ref = SAMPLE_REF
     tags = registry.candidate_tags(ref, Scores(95, 100, 0.9), {"training_key": "k"})
     assert tags == {
         "dataset": "mnist-sample",
