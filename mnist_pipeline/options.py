@@ -68,12 +68,9 @@ def _parameter(name: str, field: FieldInfo, alias: str | None) -> inspect.Parame
     declarations = [flag] if kind is not bool else [f"{flag}/--no-{flag[2:]}"]
     if alias:
         declarations.append(alias)
-    text = _help(field)
-    if choices:
-        text += f" (one of: {', '.join(choices)})"
     option = typer.Option(
         *declarations,
-        help=text,
+        help=_help(field, choices),
         show_default=not field.is_required() and field.default is not None,
     )
     default = (
@@ -106,7 +103,8 @@ _BOUNDS = {
 }
 
 
-def _help(field: FieldInfo) -> str:
+def _help(field: FieldInfo, choices: list[str] | None) -> str:
+    """The field's description, then its bounds, choices and whether required."""
     text = field.description or ""
     bounds = [
         f"{sign}{getattr(item, attribute):g}"
@@ -116,6 +114,8 @@ def _help(field: FieldInfo) -> str:
     ]
     if bounds:
         text += f" [{', '.join(bounds)}]"
+    if choices:
+        text += f" (one of: {', '.join(choices)})"
     if field.is_required():
         text += " (required)"
     return text
