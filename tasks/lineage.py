@@ -20,6 +20,7 @@ from mlflow.utils.mlflow_tags import (
 from prefect.runtime import deployment, flow_run
 
 from mnist_pipeline import lineage
+from mnist_pipeline.prefect_server import shared_api_url
 
 
 def flow_run_tags(entrypoint: str) -> dict[str, str]:
@@ -58,10 +59,9 @@ def version_tags(lineage: dict[str, str]) -> dict[str, str]:
 
 def flow_run_url() -> str | None:
     """This flow run in the Prefect UI, when the server outlives the run."""
-    from prefect.settings import get_current_settings
     from prefect.utilities.urls import url_for
 
-    if not get_current_settings().api.url:
+    if shared_api_url() is None:
         return None  # a temporary server: the link would die with the run
     return url_for("flow-run", obj_id=str(flow_run.get_id()))
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.files import exclusive_lock, sqlite_file
+from mnist_pipeline.prefect_server import shared_api_url
 
 log = logging.getLogger(__name__)
 #: Seconds a held slot stays taken without renewal (the holder renews it).
@@ -75,9 +76,7 @@ def promotion_lock(
 
 def _shared_prefect_server() -> bool:
     """Whether flows talk to a Prefect server others share (not a temporary one)."""
-    from prefect.settings import get_current_settings
-
-    return bool(get_current_settings().api.url)
+    return shared_api_url() is not None
 
 
 @contextmanager

@@ -30,6 +30,10 @@ def test_default_entry_point_trains_and_ends_with_the_result(tmp_path):
     # One temporary server, started while the flow's modules imported, serves
     # the whole run: the flow's own API calls found it up.
     assert output.count("Starting temporary server") == 1
+    assert "View at" not in output, "no links into a server that stops with the run"
+    # A temporary server is nobody else's: promotions lock the store's file.
+    assert "Holding lock file" in output
+    assert "global concurrency limit" not in output
     assert "retracing" not in output
     verdict, *last = result.stdout.strip().splitlines()[-3:]
     assert verdict.startswith("Promotion gate: kept as @challenger: test accuracy")

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: Entry points: they start flows and Prefect servers, so they import both.
 ENTRY_POINTS = {
     "mnist_pipeline/cli.py": "the CLI: every command builds a config and calls a flow",
-    "mnist_pipeline/launch.py": "a command's process: the early temporary Prefect "
+    "mnist_pipeline/launch.py": "a command's process: its temporary Prefect "
     "server and Prefect's logging",
 }
 #: Modules of mnist_pipeline/ that import Prefect, tasks or flows at module

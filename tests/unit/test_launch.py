@@ -1,30 +1,82 @@
-"""The Prefect internals the early start of the temporary server relies on.
+"""A command's process set-up, and the Prefect internals it relies on.
 
-Prefect has no public API to start its temporary server ahead of the first
-client call. ``mnist_pipeline.launch`` starts the instance the clients use; if
-a Prefect upgrade changes how they find it, these tests fail (the run would
-still work, only later: the flow starts the server itself).
+``mnist_pipeline.prefect_server`` launches Prefect's temporary server with the
+command line of Prefect's own ``SubprocessASGIServer`` and points Prefect's
+settings at it through ``refresh_global_settings_context``; if a Prefect
+upgrade changes either, these tests fail.
 """
 
 from __future__ import annotations
 
-import inspect
+import os
+import threading
 
-from mnist_pipeline.launch import temporary_server
-
-
-def test_the_clients_share_one_default_server_instance():
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = temporary_server()
-    assert server is SubprocessASGIServer() is SubprocessASGIServer(None)
-    assert not inspect.signature(server.start).parameters.keys() - {"timeout"}
-    assert callable(server.stop)
+from mnist_pipeline.prefect_server import (
+    SERVER_ENVIRONMENT,
+    TEMPORARY_API_ENV,
+    server_command,
+    shared_api_url,
+)
 
 
-def test_prefects_client_starts_that_default_instance():
-    from prefect.client import orchestration
+def test_the_server_command_is_prefects_own_on_a_socket_handed_over(monkeypatch):
+    from prefect.server.api import server as prefect_server
+    from prefect.settings import get_current_settings
 
-    source = inspect.getsource(orchestration.get_client)
-    assert "SubprocessASGIServer()" in source
-    assert "server.start()" in source
+    launched = {}
+    monkeypatch.setattr(
+        prefect_server.subprocess,
+        "Popen",
+        lambda args, env: launched.update(args=args, env=env),
+    )
+    try:
+        prefect_server.SubprocessASGIServer(port=12345)._run_uvicorn_command()
+    finally:
+        prefect_server.SubprocessASGIServer._instances.pop(12345, None)
+    theirs = launched["args"]
+    at = theirs.index("--host")
+    assert theirs[at : at + 4] == ["--host", "127.0.0.1", "--port", "12345"]
+    assert server_command(7) == theirs[:at] + ["--fd", "7"] + theirs[at + 4 :]
+    # What Prefect adds to the environment (beyond this process's own and its
+    # settings) is in ours, with the same values.
+    settings = get_current_settings().to_environment_variables(exclude_unset=True)
+    added = {
+        name: value
+        for name, value in launched["env"].items()
+        if os.environ.get(name) != value and name not in settings
+    }
+    assert added and added.items() <= SERVER_ENVIRONMENT.items()
+
+
+def test_refreshing_prefects_global_settings_reads_the_environment(monkeypatch):
+    from prefect import context
+    from prefect.settings import get_current_settings
+
+    url = "http://127.0.0.1:9/api"
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    context.refresh_global_settings_context()
+    try:
+        seen = []
+        # A new thread has no settings context of its own (as a command's main
+        # thread before its flow): it reads the global one.
+        thread = threading.Thread(target=lambda: seen.append(get_current_settings()))
+        thread.start()
+        thread.join()
+        assert seen[0].api.url == url
+    finally:
+        monkeypatch.undo()
+        context.refresh_global_settings_context()
+
+
+def test_a_temporary_server_is_not_a_shared_one(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    temporary = "http://127.0.0.1:8123/api"
+    monkeypatch.setenv(TEMPORARY_API_ENV, temporary)
+    with temporary_settings(updates={PREFECT_API_URL: temporary}):
+        assert shared_api_url() is None
+    running = "http://127.0.0.1:4200/api"
+    with temporary_settings(updates={PREFECT_API_URL: running}):
+        assert shared_api_url() == running
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert shared_api_url() is None

@@ -1,0 +1,238 @@
+"""The temporary Prefect server of one command run without ``PREFECT_API_URL``.
+
+Prefect starts such a server itself at a flow's first API call, after the
+flow's modules (TensorFlow, MLflow) have imported and after importing its own
+server application (FastAPI, SQLAlchemy: about 1.5 s on 2 cores) in the
+command's process only to launch it. :class:`TemporaryServer` launches the same
+server process, with the same command line and environment as Prefect's
+``SubprocessASGIServer``, as the command begins, on a socket bound here, and
+points this process's Prefect settings at it: the server boots while the
+command imports, and the command never imports the server application. The
+server stops when the command exits, as Prefect's own does.
+
+:func:`shared_api_url` tells flows whether their Prefect server outlives them
+(a promotion lock held on a temporary server's limits protects nothing).
+tests/unit/test_prefect_server.py compares the command line with Prefect's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.files import database_lock, sqlite_file
+
+#: Set to the temporary server's API URL in the environment of the command and
+#: of the processes it starts (a sweep's Dask workers).
+TEMPORARY_API_ENV = "MNIST_PIPELINE_TEMPORARY_PREFECT_API"
+#: What Prefect's ``SubprocessASGIServer`` sets for its server process (no UI,
+#: only the services an ephemeral server runs), and one thing more: no block
+#: type registration at start, which imported every installed Prefect
+#: collection (prefect-dask: Dask) to hash the block registry, 0.9 s of the
+#: server's 3.9 s start here. A block saved later registers its own type
+#: (``Block.save``); a user's setting of either variable wins.
+SERVER_ENVIRONMENT = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+}
+
+
+class PrefectServerError(PipelineError):
+    """The temporary Prefect server did not start."""
+
+
+def shared_api_url() -> str | None:
+    """The Prefect API this process reports to if it outlives the process, else None."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url or url == os.environ.get(TEMPORARY_API_ENV):
+        return None
+    return url
+
+
+def _prefect_log() -> logging.Logger:
+    """Prefect's own logger, configured: these lines show as Prefect's did."""
+    from prefect.logging import get_logger
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+    return get_logger()
+
+
+def server_command(fd: int) -> list[str]:
+    """Prefect's ephemeral server command line, serving the socket ``fd``."""
+    import prefect
+
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(Path(prefect.__file__).parent.parent),
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--fd",
+        str(fd),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
+
+
+class TemporaryServer:
+    """One Prefect server process for this command; :meth:`wait` before a flow.
+
+    Created by :meth:`start_if_needed`, which also points Prefect's settings in
+    this process (and its children's environment) at it; the caller registers
+    :meth:`stop` to run at exit.
+    """
+
+    def __init__(
+        self, environment: dict[str, str], timeout: float, database: Path | None
+    ) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self._environment = environment
+        self._timeout = timeout
+        self._database = database
+        self._process: subprocess.Popen | None = None
+        self._stopped = False
+        self._guard = threading.Lock()
+        self._failure: str | None = None
+        self._thread = threading.Thread(
+            target=self._boot, name="prefect-server-start", daemon=True
+        )
+
+    @classmethod
+    def start_if_needed(cls) -> TemporaryServer | None:
+        """Start one unless a Prefect API is configured or ephemeral servers are off."""
+        from prefect.context import refresh_global_settings_context
+        from prefect.settings import get_current_settings
+
+        settings = get_current_settings()
+        if settings.api.url or not settings.server.ephemeral.enabled:
+            return None
+        environment = {
+            **os.environ,
+            **SERVER_ENVIRONMENT,
+            **settings.to_environment_variables(exclude_unset=True),
+        }
+        url = settings.server.database.connection_url
+        database = sqlite_file(url.get_secret_value() if url else "")
+        server = cls(
+            environment, settings.server.ephemeral.startup_timeout_seconds, database
+        )
+        _prefect_log().info(
+            "Starting temporary server on http://127.0.0.1:%d\nSee "
+            "https://www.prefect.io/docs/v3/concepts/server#how-to-guides for "
+            "more information on running a dedicated Prefect server.",
+            server.port,
+        )
+        server.start()
+        os.environ[TEMPORARY_API_ENV] = server.api_url
+        os.environ["PREFECT_API_URL"] = server.api_url
+        # No "View at" links into a UI the server does not serve and that would
+        # be gone with the command anyway.
+        os.environ["PREFECT_UI_URL"] = ""
+        refresh_global_settings_context()
+        return server
+
+    def start(self) -> None:
+        """Launch the server process in the background; :meth:`wait` for it."""
+        self._thread.start()
+
+    def _boot(self) -> None:
+        # Each temporary server migrates its SQLite database as it starts: two
+        # commands starting together on a new one (two schedules firing at once)
+        # raced, and the loser's server died with "index … already exists".
+        lock = (
+            database_lock(self._database)
+            if self._database is not None
+            else contextlib.nullcontext()
+        )
+        try:
+            with lock:
+                fd = self._socket.fileno()
+                with self._guard:
+                    if self._stopped:  # the command ended before it began
+                        return
+                    self._process = subprocess.Popen(
+                        server_command(fd), env=self._environment, pass_fds=(fd,)
+                    )
+                self._failure = self._await_health()
+        except OSError as exc:
+            self._failure = f"could not start it: {exc}"
+        finally:
+            self._socket.close()
+
+    def _await_health(self) -> str | None:
+        deadline = time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            process = self._process
+            if process is None:  # stopped meanwhile
+                return "it was stopped"
+            code = process.poll()
+            if code is not None:
+                return f"its process exited with code {code} (its errors are above)"
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                connection = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=5
+                )
+                try:
+                    connection.request("GET", "/api/health")
+                    if connection.getresponse().status == 200:
+                        return None
+                finally:
+                    connection.close()
+            time.sleep(0.05)
+        return (
+            f"it did not answer within {self._timeout:g} s "
+            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
+        )
+
+    def wait(self) -> None:
+        """Block until the server answers.
+
+        Raises:
+            PrefectServerError: the server did not start, with why.
+        """
+        self._thread.join()
+        if self._failure is not None:
+            raise PrefectServerError(
+                f"Prefect's temporary server on port {self.port} did not start: "
+                f"{self._failure}. Start one with `prefect server start` and set "
+                "PREFECT_API_URL to use it instead."
+            )
+
+    def stop(self) -> None:
+        """Stop the server process (also at exit); wait for it at most 5 s."""
+        with self._guard:
+            self._stopped = True
+            process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        _prefect_log().info(
+            "Stopping temporary server on http://127.0.0.1:%d", self.port
+        )
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

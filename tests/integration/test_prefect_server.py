@@ -1,0 +1,70 @@
+"""The temporary Prefect server a command starts: it serves, stops, or says why not."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.request
+
+import pytest
+
+from mnist_pipeline.prefect_server import (
+    SERVER_ENVIRONMENT,
+    PrefectServerError,
+    TemporaryServer,
+)
+
+
+def _environment(tmp_path, **extra: str) -> dict[str, str]:
+    home = tmp_path / "prefect-home"
+    return {
+        **os.environ,
+        **SERVER_ENVIRONMENT,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **extra,
+    }
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_it_serves_prefects_api_on_its_port_then_stops(tmp_path):
+    database = tmp_path / "prefect-home" / "prefect.db"
+    server = TemporaryServer(_environment(tmp_path), timeout=120, database=database)
+    server.start()
+    try:
+        server.wait()
+        with urllib.request.urlopen(f"{server.api_url}/health", timeout=10) as health:
+            assert health.status == 200
+        query = urllib.request.Request(
+            f"{server.api_url}/flows/filter",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(query, timeout=10) as flows:
+            assert json.load(flows) == []
+        assert database.is_file(), "it migrated the database of its PREFECT_HOME"
+    finally:
+        server.stop()
+    assert not _answers(server.port)
+    server.stop()  # a second stop (the exit hook after an explicit one) is harmless
+
+
+def test_a_server_that_cannot_start_fails_the_command_saying_why(tmp_path):
+    unusable = f"sqlite+aiosqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}"
+    server = TemporaryServer(
+        _environment(tmp_path, PREFECT_SERVER_DATABASE_CONNECTION_URL=unusable),
+        timeout=120,
+        database=None,
+    )
+    server.start()
+    try:
+        with pytest.raises(PrefectServerError, match="exited with code 3"):
+            server.wait()
+    finally:
+        server.stop()
+    assert not _answers(server.port)
