@@ -8,9 +8,14 @@ upgrade changes either, these tests fail.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
+import weakref
 
+import pytest
+
+from mnist_pipeline.launch import collect_imports, defer_garbage_collection
 from mnist_pipeline.prefect_server import (
     SERVER_ENVIRONMENT,
     TEMPORARY_API_ENV,
@@ -80,3 +85,32 @@ def test_a_temporary_server_is_not_a_shared_one(monkeypatch):
         assert shared_api_url() == running
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         assert shared_api_url() is None
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def restore_gc():
+    yield
+    gc.unfreeze()
+    gc.enable()
+
+
+def test_collection_waits_for_the_imports_then_skips_what_they_left(restore_gc):
+    defer_garbage_collection()
+    assert not gc.isenabled()
+    cycle = _Node()
+    gone = weakref.ref(cycle)
+    del cycle
+    churn = [[] for _ in range(10_000)]  # would trigger young collections
+    assert gone() is not None, "no automatic collection while disabled"
+    del churn
+    kept = _Node()
+    collect_imports()
+    assert gc.isenabled()
+    assert gone() is None, "the garbage of the imports was collected"
+    assert gc.get_freeze_count() > 0
+    assert not any(obj is kept for obj in gc.get_objects()), "survivors are frozen"
