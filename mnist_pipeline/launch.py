@@ -29,11 +29,12 @@ class Launch:
         configure_environment()
         exit_cleanly_on_sigterm()
         defer_garbage_collection()
-        self._server = TemporaryServer.start_if_needed()
+        self._server = TemporaryServer.for_this_process()
         self.report = final_report(echo, self._server is not None)
         if self._server is not None:
-            # Registered after the report's hook, so it runs before it.
-            atexit.register(self._server.stop)
+            # After the report's exit hook: the server's stop runs before it.
+            self._server.start()
+            self._server.make_current()
 
     def run(self, flow, **parameters):
         """Run a flow once the temporary server (if any) answers."""

@@ -12,11 +12,13 @@ server stops when the command exits, as Prefect's own does.
 
 :func:`shared_api_url` tells flows whether their Prefect server outlives them
 (a promotion lock held on a temporary server's limits protects nothing).
-tests/unit/test_prefect_server.py compares the command line with Prefect's.
+tests/unit/test_launch.py compares the command line with Prefect's;
+tests/integration/test_prefect_server.py starts real ones.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.client
 import logging
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import database_lock, sqlite_file
+from mnist_pipeline.files import exclusive_lock, sqlite_file
 
 #: Set to the temporary server's API URL in the environment of the command and
 #: of the processes it starts (a sweep's Dask workers).
@@ -58,7 +60,8 @@ def shared_api_url() -> str | None:
     from prefect.settings import get_current_settings
 
     url = get_current_settings().api.url
-    if not url or url == os.environ.get(TEMPORARY_API_ENV):
+    temporary = os.environ.get(TEMPORARY_API_ENV)
+    if not url or (temporary and url.rstrip("/") == temporary.rstrip("/")):
         return None
     return url
 
@@ -96,15 +99,20 @@ def server_command(fd: int) -> list[str]:
 class TemporaryServer:
     """One Prefect server process for this command; :meth:`wait` before a flow.
 
-    Created by :meth:`start_if_needed`, which also points Prefect's settings in
-    this process (and its children's environment) at it; the caller registers
-    :meth:`stop` to run at exit.
+    :meth:`for_this_process` makes one where a command needs it, :meth:`start`
+    launches it (and stops it at exit), :meth:`make_current` points Prefect's
+    settings in this process (and its children's environment) at it.
     """
 
     def __init__(
         self, environment: dict[str, str], timeout: float, database: Path | None
     ) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # uvicorn takes a socket handed over with --fd for a Unix one and never
+        # sets TCP_NODELAY on its connections: each answer (headers and body
+        # sent apart) then waited ~40 ms for a delayed ACK. Accepted sockets
+        # inherit the option from this one.
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
         self.api_url = f"http://127.0.0.1:{self.port}/api"
@@ -114,15 +122,15 @@ class TemporaryServer:
         self._process: subprocess.Popen | None = None
         self._stopped = False
         self._guard = threading.Lock()
-        self._failure: str | None = None
+        self._failure: str | None = "its start-up thread ended unexpectedly"
         self._thread = threading.Thread(
             target=self._boot, name="prefect-server-start", daemon=True
         )
 
     @classmethod
-    def start_if_needed(cls) -> TemporaryServer | None:
-        """Start one unless a Prefect API is configured or ephemeral servers are off."""
-        from prefect.context import refresh_global_settings_context
+    def for_this_process(cls) -> TemporaryServer | None:
+        """One to :meth:`start`, unless a Prefect API is configured or
+        ephemeral servers are turned off."""
         from prefect.settings import get_current_settings
 
         settings = get_current_settings()
@@ -135,34 +143,57 @@ class TemporaryServer:
         }
         url = settings.server.database.connection_url
         database = sqlite_file(url.get_secret_value() if url else "")
-        server = cls(
+        return cls(
             environment, settings.server.ephemeral.startup_timeout_seconds, database
         )
+
+    def start(self) -> None:
+        """Launch the server in the background, to be stopped at exit.
+
+        :meth:`wait` for it before the first flow.
+        """
+        atexit.register(self.stop)
         _prefect_log().info(
             "Starting temporary server on http://127.0.0.1:%d\nSee "
             "https://www.prefect.io/docs/v3/concepts/server#how-to-guides for "
             "more information on running a dedicated Prefect server.",
-            server.port,
+            self.port,
         )
-        server.start()
-        os.environ[TEMPORARY_API_ENV] = server.api_url
-        os.environ["PREFECT_API_URL"] = server.api_url
+        self._thread.start()
+
+    def make_current(self) -> None:
+        """Point Prefect's settings in this process, and the environment of the
+        processes it starts, at this server."""
+        from prefect.context import refresh_global_settings_context
+
+        os.environ[TEMPORARY_API_ENV] = self.api_url
+        os.environ["PREFECT_API_URL"] = self.api_url
         # No "View at" links into a UI the server does not serve and that would
         # be gone with the command anyway.
         os.environ["PREFECT_UI_URL"] = ""
         refresh_global_settings_context()
-        return server
 
-    def start(self) -> None:
-        """Launch the server process in the background; :meth:`wait` for it."""
-        self._thread.start()
+    @property
+    def running(self) -> bool:
+        """Whether its process is alive."""
+        process = self._process
+        return process is not None and process.poll() is None
 
     def _boot(self) -> None:
         # Each temporary server migrates its SQLite database as it starts: two
         # commands starting together on a new one (two schedules firing at once)
         # raced, and the loser's server died with "index … already exists".
+        # The lock is held until this server answers or is gone.
         lock = (
-            database_lock(self._database)
+            exclusive_lock(
+                Path(f"{self._database}.lock"),
+                self._timeout,
+                on_wait=lambda: _prefect_log().info(
+                    "Waiting for another command's temporary server to set up "
+                    "its database %s",
+                    self._database,
+                ),
+            )
             if self._database is not None
             else contextlib.nullcontext()
         )
@@ -170,14 +201,20 @@ class TemporaryServer:
             with lock:
                 fd = self._socket.fileno()
                 with self._guard:
-                    if self._stopped:  # the command ended before it began
+                    if self._stopped:
+                        self._failure = "the command ended before it started"
                         return
                     self._process = subprocess.Popen(
                         server_command(fd), env=self._environment, pass_fds=(fd,)
                     )
                 self._failure = self._await_health()
-        except OSError as exc:
+                if self._failure is not None:
+                    self._end(self._process)
+        except TimeoutError as exc:
+            self._failure = f"another command held its database lock ({exc})"
+        except Exception as exc:  # noqa: BLE001 - reported by wait()
             self._failure = f"could not start it: {exc}"
+            self._end(self._process)
         finally:
             self._socket.close()
 
@@ -185,7 +222,7 @@ class TemporaryServer:
         deadline = time.monotonic() + self._timeout
         while time.monotonic() < deadline:
             process = self._process
-            if process is None:  # stopped meanwhile
+            if self._stopped or process is None:
                 return "it was stopped"
             code = process.poll()
             if code is not None:
@@ -224,15 +261,25 @@ class TemporaryServer:
         """Stop the server process (also at exit); wait for it at most 5 s."""
         with self._guard:
             self._stopped = True
-            process, self._process = self._process, None
+            process = self._process
         if process is None or process.poll() is not None:
             return
         _prefect_log().info(
             "Stopping temporary server on http://127.0.0.1:%d", self.port
         )
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        self._end(process)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _end(self, process: subprocess.Popen | None) -> None:
+        """Terminate ``process``; kill it if it has not ended within 5 s."""
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._process = None

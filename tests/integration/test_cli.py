@@ -49,6 +49,26 @@ def test_default_entry_point_trains_and_ends_with_the_result(tmp_path):
     assert status == "FINISHED"
 
 
+def test_a_temporary_prefect_server_that_cannot_start_is_one_paragraph(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    unusable = f"sqlite+aiosqlite:///{tmp_path / 'a-file' / 'prefect.db'}"
+    result = run_cli(
+        "train",
+        "--data",
+        "sample",
+        "--epochs",
+        "1",
+        cwd=tmp_path,
+        env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": unusable},
+    )
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: Prefect's temporary server on port "), error
+    assert "did not start: could not start it: " in error, error
+    assert "a-file" in error and "PREFECT_API_URL" in error
+    assert not (tmp_path / "mlruns").exists(), "nothing ran"
+
+
 def test_missing_data_path_is_one_paragraph(tmp_path):
     result = run_cli("train", "--data", "no/such/file.npz", cwd=tmp_path)
     assert result.returncode == 1

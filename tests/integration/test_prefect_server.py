@@ -35,6 +35,8 @@ def _answers(port: int) -> bool:
 def test_it_serves_prefects_api_on_its_port_then_stops(tmp_path):
     database = tmp_path / "prefect-home" / "prefect.db"
     server = TemporaryServer(_environment(tmp_path), timeout=120, database=database)
+    # Handed over to uvicorn, which would not set it on its connections.
+    assert server._socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     server.start()
     try:
         server.wait()
@@ -48,8 +50,10 @@ def test_it_serves_prefects_api_on_its_port_then_stops(tmp_path):
         with urllib.request.urlopen(query, timeout=10) as flows:
             assert json.load(flows) == []
         assert database.is_file(), "it migrated the database of its PREFECT_HOME"
+        assert server.running
     finally:
         server.stop()
+    assert not server.running
     assert not _answers(server.port)
     server.stop()  # a second stop (the exit hook after an explicit one) is harmless
 
@@ -67,4 +71,27 @@ def test_a_server_that_cannot_start_fails_the_command_saying_why(tmp_path):
             server.wait()
     finally:
         server.stop()
+    assert not _answers(server.port)
+
+
+def test_one_that_does_not_answer_in_time_is_ended_before_the_error(tmp_path):
+    server = TemporaryServer(_environment(tmp_path), timeout=0.5, database=None)
+    server.start()
+    try:
+        with pytest.raises(PrefectServerError, match="did not answer within 0.5 s"):
+            server.wait()
+        # Ended while its boot still held the database lock: no half-started
+        # server left migrating a database the next command is waiting for.
+        assert not server.running
+    finally:
+        server.stop()
+
+
+def test_stopped_before_it_started_it_never_starts(tmp_path):
+    server = TemporaryServer(_environment(tmp_path), timeout=120, database=None)
+    server.stop()  # a command that ended (an error, a signal) before the start
+    server.start()
+    with pytest.raises(PrefectServerError, match="ended before it started"):
+        server.wait()
+    assert not server.running
     assert not _answers(server.port)
