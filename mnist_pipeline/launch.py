@@ -55,8 +55,11 @@ def defer_garbage_collection() -> None:
     left (``gc.freeze``: later collections skip it); the exit hook registered
     here, which runs after the others, freezes everything again so that the
     interpreter's shutdown does not walk it. Objects are still freed by
-    reference counting; only cycles left at exit are not collected, as the
-    process is ending.
+    reference counting; objects in reference cycles at exit are not collected,
+    so their finalizers (``__del__``) do not run: the command's own files are
+    written atomically and closed, and MLflow's and Prefect's clients flush in
+    their exit hooks, which run before this one. Only the CLI's entry points
+    call this (a test that does leaves one more exit hook in its process).
     """
     gc.disable()
     atexit.register(gc.freeze)
