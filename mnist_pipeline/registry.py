@@ -72,9 +72,40 @@ def _alias_not_set(exc: MlflowException, alias: str) -> bool:
     return exc.error_code == _INVALID and f"alias {alias} not found" in exc.message
 
 
-def set_challenger(client: MlflowClient, name: str, version: str) -> None:
-    """Point ``@challenger`` at the newest candidate."""
-    client.set_registered_model_alias(name, CHALLENGER, version)
+def set_challenger(
+    client: MlflowClient, name: str, version: str, attempts: int = 3
+) -> None:
+    """Point ``@challenger`` at the newest candidate.
+
+    Two runs registering at once can both find the alias unset and both insert
+    it: MLflow's SQL store then refuses the second insert with a unique-key
+    violation (seen in the overlap test: SQLite's "UNIQUE constraint failed").
+    The write is retried; it is skipped when a newer version took the alias.
+    """
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, CHALLENGER, version)
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not _concurrent_insert(exc):
+                raise
+        current = alias_version(client, name, CHALLENGER)
+        if current is not None and int(current) > int(version):
+            return
+        time.sleep(0.1 * (attempt + 1))
+
+
+def _concurrent_insert(exc: MlflowException) -> bool:
+    # SQLite and PostgreSQL's wording of a unique-key violation, as MLflow's
+    # SQL store passes it on (directly or over REST).
+    return any(
+        words in exc.message
+        for words in (
+            "UNIQUE constraint failed",
+            "duplicate key value",
+            "UniqueViolation",
+        )
+    )
 
 
 def versions_tagged(

@@ -91,6 +91,47 @@ def test_challenger_alias_and_missing_versions(three_versions):
         registry.resolve_model_uri(client, "models:/other/latest")
 
 
+class _RacedClient:
+    """A real client whose first alias write loses a race to ``rival``.
+
+    The rival's write is real; the refusal is the one MLflow's SQLite store
+    raised in the overlap test (tests/integration/test_nights.py) when two
+    runs inserted @challenger at once.
+    """
+
+    def __init__(self, client, rival: str) -> None:
+        self._client, self._rival, self.calls = client, rival, 0
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.calls += 1
+        if self.calls == 1:
+            self._client.set_registered_model_alias(name, alias, self._rival)
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                "registered_model_aliases.workspace, registered_model_aliases.name, "
+                "registered_model_aliases.alias"
+            )
+        self._client.set_registered_model_alias(name, alias, version)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+@pytest.mark.parametrize(("rival", "expected"), [("3", "3"), ("1", "2")])
+def test_two_candidates_setting_challenger_at_once_leave_the_newer(
+    three_versions, rival, expected
+):
+    raced = _RacedClient(three_versions, rival)
+    registry.set_challenger(raced, "mnist-cnn", "2")
+    assert registry.alias_version(three_versions, "mnist-cnn", "challenger") == expected
+    assert raced.calls == (1 if expected == rival else 2)
+
+
+def test_other_registry_errors_on_the_challenger_are_not_retried(three_versions):
+    with pytest.raises(MlflowException):
+        registry.set_challenger(three_versions, "no-such-model", "1")
+
+
 def test_operator_commands_promote_and_roll_back(
     three_versions, mlflow_store, tmp_path, prefect_api_url
 ):
