@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import atexit
 import gc
-import logging
 import signal
 from collections.abc import Callable
 
 from mnist_pipeline.prefect_server import TemporaryServer
 from mnist_pipeline.runtime import configure_environment
-
-log = logging.getLogger(__name__)
 
 
 class Launch:

@@ -49,7 +49,7 @@ def promotion_lock(
     held: list[str] = []
     with ExitStack() as stack:
         try:
-            if _shared_prefect_server():
+            if shared_api_url() is not None:  # not a temporary server
                 stack.enter_context(_global_limit(model_name, timeout))
                 held.append(
                     f"Prefect global concurrency limit {limit_name(model_name)}"
@@ -72,11 +72,6 @@ def promotion_lock(
                 model_name,
             )
         yield held
-
-
-def _shared_prefect_server() -> bool:
-    """Whether flows talk to a Prefect server others share (not a temporary one)."""
-    return shared_api_url() is not None
 
 
 @contextmanager
