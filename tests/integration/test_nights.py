@@ -13,13 +13,16 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
 
+import tasks.gate
 from flows.maintenance import prune_outputs
 from flows.training import TrainingResult, mnist_training
 from mnist_pipeline import lineage, tracking_store
@@ -184,20 +187,22 @@ def test_a_registry_error_during_the_gate_fails_closed(server, datasets, tmp_pat
 
 @pytest.mark.slow  # an overlap scenario of whole runs: CI runs it (-m slow)
 def test_overlapping_runs_promote_the_better_one_in_either_order(
-    server, datasets, tmp_path
+    server, datasets, tmp_path, monkeypatch
 ):
-    better = {"learning_rate": 0.01, "batch_size": 32}
-    worse = {"learning_rate": 1e-5, "batch_size": 32}
+    better = {"learning_rate": 0.01, "batch_size": 32, "epochs": 2}
+    worse = {"learning_rate": 1e-5, "batch_size": 32, "epochs": 2}
     orders = set()
-    # Epochs decide which run reaches its gate first: 1 epoch is done long
-    # before 8. Both start together and overlap.
-    for model, slow, fast in (
-        ("overlap-worse-first", better | {"epochs": 8}, worse | {"epochs": 1}),
-        ("overlap-better-first", worse | {"epochs": 8}, better | {"epochs": 1}),
+    # Both runs start together and overlap; which one reaches the promotion
+    # lock first is set, not left to timing (a head start of the first thread's
+    # imports once made the slower run arrive first).
+    for model, first_settings, second_settings in (
+        ("overlap-worse-first", worse, better),
+        ("overlap-better-first", better, worse),
     ):
+        _first_to_the_lock(monkeypatch, "-seed1-")
         runs = _together(
-            night(tmp_path, datasets["big"], model, seed=1, **slow),
-            night(tmp_path, datasets["big"], model, seed=2, **fast),
+            night(tmp_path, datasets["big"], model, seed=1, **first_settings),
+            night(tmp_path, datasets["big"], model, seed=2, **second_settings),
         )
         client = tracking_store.connect()
         tags = versions(client, model)
@@ -213,8 +218,30 @@ def test_overlapping_runs_promote_the_better_one_in_either_order(
         )
         assert tags[first.version]["gate.compared_with"] == "none"
         assert tags[second.version]["gate.compared_with"] == f"v{first.version}"
+        assert first is runs[0], "the seed-1 run was to reach the lock first"
         orders.add("better first" if first is good else "worse first")
     assert orders == {"better first", "worse first"}
+
+
+def _first_to_the_lock(monkeypatch, first: str) -> None:
+    """The run whose flow-run name holds ``first`` takes the promotion lock first.
+
+    The other run waits until that one holds the real lock, then asks for it
+    too, so it waits on the lock while the first one promotes.
+    """
+    holding = threading.Event()
+
+    @contextmanager
+    def ordered(model_name: str, tracking_uri: str, timeout: float):
+        is_first = first in flow_run.name
+        if not is_first:
+            holding.wait(timeout=300)  # a failed first run: the asserts tell
+        with promotion_lock(model_name, tracking_uri, timeout) as held:
+            if is_first:
+                holding.set()
+            yield held
+
+    monkeypatch.setattr(tasks.gate, "promotion_lock", ordered)
 
 
 def test_the_promotion_lock_admits_one_holder_at_a_time(prefect_api_url):
