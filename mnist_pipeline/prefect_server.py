@@ -8,7 +8,10 @@ server process, with the same command line and environment as Prefect's
 ``SubprocessASGIServer``, as the command begins, on a socket bound here, and
 points this process's Prefect settings at it: the server boots while the
 command imports, and the command never imports the server application. The
-server stops when the command exits, as Prefect's own does.
+server stops when the command exits, as Prefect's own does, and on Linux also
+when the command is killed (``SIGKILL``, the OOM killer): it is started through
+this module's ``__main__``, which asks the kernel for a ``SIGTERM`` when its
+parent goes (``PR_SET_PDEATHSIG``) and then runs uvicorn.
 
 :func:`shared_api_url` tells flows whether their Prefect server outlives them
 (a promotion lock held on a temporary server's limits protects nothing).
@@ -23,6 +26,8 @@ import contextlib
 import http.client
 import logging
 import os
+import runpy
+import signal
 import socket
 import subprocess
 import sys
@@ -75,6 +80,10 @@ def _prefect_log() -> logging.Logger:
     return get_logger()
 
 
+#: prctl(2) option: the signal the kernel sends when the parent thread ends.
+PR_SET_PDEATHSIG = 1
+
+
 def server_command(fd: int) -> list[str]:
     """Prefect's ephemeral server command line, serving the socket ``fd``."""
     import prefect
@@ -94,6 +103,32 @@ def server_command(fd: int) -> list[str]:
         "--lifespan",
         "on",
     ]
+
+
+def ending_with_this_thread(command: list[str]) -> list[str]:
+    """``command`` (``python -m module …``) run so that it ends with the thread
+    that starts it: on Linux the kernel sends it ``SIGTERM`` when that thread
+    (or the whole process, even killed) ends; elsewhere it is ``command``."""
+    if not sys.platform.startswith("linux"):
+        return command
+    python, flag, module, *args = command
+    if flag != "-m":
+        raise ValueError(f"not a `python -m module` command: {command}")
+    return [python, "-m", __name__, str(os.getpid()), module, *args]
+
+
+def _run_ending_with_parent(argv: list[str]) -> None:
+    """This module's ``__main__``: ``PARENT_PID MODULE ARGS…``."""
+    import ctypes
+
+    parent, module, *args = argv
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        sys.exit(f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}")
+    if os.getppid() != int(parent):  # the parent went before the line above
+        sys.exit("its command ended before it started")
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 class TemporaryServer:
@@ -123,6 +158,8 @@ class TemporaryServer:
         self._stopped = False
         self._guard = threading.Lock()
         self._failure: str | None = "its start-up thread ended unexpectedly"
+        self._booted = threading.Event()  # started or failed: _failure says
+        self._released = threading.Event()  # stop() is done with the process
         self._thread = threading.Thread(
             target=self._boot, name="prefect-server-start", daemon=True
         )
@@ -180,6 +217,16 @@ class TemporaryServer:
         return process is not None and process.poll() is None
 
     def _boot(self) -> None:
+        try:
+            self._launch()
+        finally:
+            self._booted.set()
+        if self._failure is None:
+            # The server is started from this thread and ends with it (see
+            # ending_with_this_thread): the thread lives until stop().
+            self._released.wait()
+
+    def _launch(self) -> None:
         # Each temporary server migrates its SQLite database as it starts: two
         # commands starting together on a new one (two schedules firing at once)
         # raced, and the loser's server died with "index … already exists".
@@ -205,7 +252,9 @@ class TemporaryServer:
                         self._failure = "the command ended before it started"
                         return
                     self._process = subprocess.Popen(
-                        server_command(fd), env=self._environment, pass_fds=(fd,)
+                        ending_with_this_thread(server_command(fd)),
+                        env=self._environment,
+                        pass_fds=(fd,),
                     )
                 self._failure = self._await_health()
                 if self._failure is not None:
@@ -249,7 +298,7 @@ class TemporaryServer:
         Raises:
             PrefectServerError: the server did not start, with why.
         """
-        self._thread.join()
+        self._booted.wait()
         if self._failure is not None:
             raise PrefectServerError(
                 f"Prefect's temporary server on port {self.port} did not start: "
@@ -262,12 +311,15 @@ class TemporaryServer:
         with self._guard:
             self._stopped = True
             process = self._process
-        if process is None or process.poll() is not None:
-            return
-        _prefect_log().info(
-            "Stopping temporary server on http://127.0.0.1:%d", self.port
-        )
-        self._end(process)
+        try:
+            if process is None or process.poll() is not None:
+                return
+            _prefect_log().info(
+                "Stopping temporary server on http://127.0.0.1:%d", self.port
+            )
+            self._end(process)
+        finally:
+            self._released.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
@@ -283,3 +335,7 @@ class TemporaryServer:
                 process.kill()
                 process.wait()
         self._process = None
+
+
+if __name__ == "__main__":
+    _run_ending_with_parent(sys.argv[1:])

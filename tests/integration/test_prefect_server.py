@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +99,43 @@ def test_stopped_before_it_started_it_never_starts(tmp_path):
         server.wait()
     assert not server.running
     assert not _answers(server.port)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_a_killed_command_takes_its_server_with_it(tmp_path):
+    # A command that starts its server, says where, and waits to be killed.
+    command = """if True:
+        import json, os, sys, time
+        from mnist_pipeline.prefect_server import TemporaryServer
+        server = TemporaryServer(json.loads(sys.argv[1]), timeout=120, database=None)
+        server.start()
+        server.wait()
+        print(server.port, server._process.pid, flush=True)
+        time.sleep(600)
+    """
+    environment = json.dumps(_environment(tmp_path))
+    command_process = subprocess.Popen(
+        [sys.executable, "-c", command, environment], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        port, server_pid = map(int, command_process.stdout.readline().split())
+        assert _answers(port)
+        command_process.kill()  # SIGKILL: no exit hook runs
+        command_process.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(server_pid), "the server outlived its killed command"
+        assert not _answers(port)
+    finally:
+        command_process.kill()
+        command_process.wait(timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a process, not yet reaped or a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
