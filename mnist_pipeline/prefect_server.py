@@ -9,9 +9,9 @@ server process, with the same command line and environment as Prefect's
 points this process's Prefect settings at it: the server boots while the
 command imports, and the command never imports the server application. The
 server stops when the command exits, as Prefect's own does, and on Linux also
-when the command is killed (``SIGKILL``, the OOM killer): it is started through
-this module's ``__main__``, which asks the kernel for a ``SIGTERM`` when its
-parent goes (``PR_SET_PDEATHSIG``) and then runs uvicorn.
+when the command is killed (``SIGKILL``, the OOM killer): a few lines of Python
+before uvicorn ask the kernel for a ``SIGTERM`` when the command goes
+(``PR_SET_PDEATHSIG``).
 
 :func:`shared_api_url` tells flows whether their Prefect server outlives them
 (a promotion lock held on a temporary server's limits protects nothing).
@@ -26,8 +26,6 @@ import contextlib
 import http.client
 import logging
 import os
-import runpy
-import signal
 import socket
 import subprocess
 import sys
@@ -54,6 +52,23 @@ SERVER_ENVIRONMENT = {
     "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
     "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
 }
+#: Runs ``PARENT_PID MODULE ARGS…`` as ``python -m MODULE ARGS…`` that the kernel
+#: sends SIGTERM when the thread that started it ends (prctl PR_SET_PDEATHSIG,
+#: 1); exits 1 if that parent is already gone. Standalone: the server process
+#: needs nothing of this package.
+_ENDING_WITH_PARENT = """if True:
+    import ctypes, os, runpy, signal, sys
+    parent, module = int(sys.argv[1]), sys.argv[2]
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:
+        print("Warning: the temporary Prefect server will outlive a killed command:",
+              "prctl(PR_SET_PDEATHSIG):", os.strerror(ctypes.get_errno()),
+              file=sys.stderr)
+    if os.getppid() != parent:
+        sys.exit("the command that started this server has ended")
+    del sys.argv[1:3]  # run_module sets sys.argv[0] to the module's file
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
 
 
 class PrefectServerError(PipelineError):
@@ -80,10 +95,6 @@ def _prefect_log() -> logging.Logger:
     return get_logger()
 
 
-#: prctl(2) option: the signal the kernel sends when the parent thread ends.
-PR_SET_PDEATHSIG = 1
-
-
 def server_command(fd: int) -> list[str]:
     """Prefect's ephemeral server command line, serving the socket ``fd``."""
     import prefect
@@ -105,30 +116,18 @@ def server_command(fd: int) -> list[str]:
     ]
 
 
-def ending_with_this_thread(command: list[str]) -> list[str]:
-    """``command`` (``python -m module …``) run so that it ends with the thread
-    that starts it: on Linux the kernel sends it ``SIGTERM`` when that thread
-    (or the whole process, even killed) ends; elsewhere it is ``command``."""
+def _with_parent_death_signal(command: list[str]) -> list[str]:
+    """``command`` (``python -m module …``) ending with the thread that starts it.
+
+    On Linux the kernel sends it ``SIGTERM`` when that thread, or the whole
+    process (even killed), ends; elsewhere it is ``command`` as it is.
+    """
     if not sys.platform.startswith("linux"):
         return command
-    python, flag, module, *args = command
-    if flag != "-m":
+    if len(command) < 3 or command[1] != "-m":
         raise ValueError(f"not a `python -m module` command: {command}")
-    return [python, "-m", __name__, str(os.getpid()), module, *args]
-
-
-def _run_ending_with_parent(argv: list[str]) -> None:
-    """This module's ``__main__``: ``PARENT_PID MODULE ARGS…``."""
-    import ctypes
-
-    parent, module, *args = argv
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        sys.exit(f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}")
-    if os.getppid() != int(parent):  # the parent went before the line above
-        sys.exit("its command ended before it started")
-    sys.argv = [module, *args]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    python, _, module, *args = command
+    return [python, "-c", _ENDING_WITH_PARENT, str(os.getpid()), module, *args]
 
 
 class TemporaryServer:
@@ -211,6 +210,12 @@ class TemporaryServer:
         refresh_global_settings_context()
 
     @property
+    def pid(self) -> int | None:
+        """Its process's id while it has one."""
+        process = self._process
+        return None if process is None else process.pid
+
+    @property
     def running(self) -> bool:
         """Whether its process is alive."""
         process = self._process
@@ -223,7 +228,7 @@ class TemporaryServer:
             self._booted.set()
         if self._failure is None:
             # The server is started from this thread and ends with it (see
-            # ending_with_this_thread): the thread lives until stop().
+            # _with_parent_death_signal): the thread lives until stop().
             self._released.wait()
 
     def _launch(self) -> None:
@@ -252,18 +257,19 @@ class TemporaryServer:
                         self._failure = "the command ended before it started"
                         return
                     self._process = subprocess.Popen(
-                        ending_with_this_thread(server_command(fd)),
+                        _with_parent_death_signal(server_command(fd)),
                         env=self._environment,
                         pass_fds=(fd,),
                     )
                 self._failure = self._await_health()
-                if self._failure is not None:
-                    self._end(self._process)
+                if self._failure is not None and not self._stopped:
+                    self._end(self._process)  # else stop() ends it: one SIGTERM
         except TimeoutError as exc:
             self._failure = f"another command held its database lock ({exc})"
         except Exception as exc:  # noqa: BLE001 - reported by wait()
             self._failure = f"could not start it: {exc}"
-            self._end(self._process)
+            if not self._stopped:
+                self._end(self._process)
         finally:
             self._socket.close()
 
@@ -298,6 +304,8 @@ class TemporaryServer:
         Raises:
             PrefectServerError: the server did not start, with why.
         """
+        if self._thread.ident is None:
+            raise RuntimeError("wait() for a server that was not start()ed")
         self._booted.wait()
         if self._failure is not None:
             raise PrefectServerError(
@@ -335,7 +343,3 @@ class TemporaryServer:
                 process.kill()
                 process.wait()
         self._process = None
-
-
-if __name__ == "__main__":
-    _run_ending_with_parent(sys.argv[1:])

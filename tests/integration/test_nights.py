@@ -223,7 +223,7 @@ def test_overlapping_runs_promote_the_better_one_in_either_order(
     assert orders == {"better first", "worse first"}
 
 
-def _first_to_the_lock(monkeypatch, first: str) -> None:
+def _first_to_the_lock(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
     """The run whose flow-run name holds ``first`` takes the promotion lock first.
 
     The other run waits until that one holds the real lock, then asks for it
@@ -233,9 +233,11 @@ def _first_to_the_lock(monkeypatch, first: str) -> None:
 
     @contextmanager
     def ordered(model_name: str, tracking_uri: str, timeout: float):
-        is_first = first in flow_run.name
-        if not is_first:
-            holding.wait(timeout=300)  # a failed first run: the asserts tell
+        name = flow_run.name or ""
+        assert "-seed" in name, f"no seed in the flow run's name {name!r}"
+        is_first = first in name
+        if not is_first and not holding.wait(timeout=300):
+            raise RuntimeError(f"the {first} run never took the promotion lock")
         with promotion_lock(model_name, tracking_uri, timeout) as held:
             if is_first:
                 holding.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -103,33 +104,37 @@ def test_stopped_before_it_started_it_never_starts(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 def test_a_killed_command_takes_its_server_with_it(tmp_path):
-    # A command that starts its server, says where, and waits to be killed.
+    # A command that starts its server, says where, and waits to be killed. The
+    # pause proves the server outlives its start (the thread that started it).
     command = """if True:
-        import json, os, sys, time
+        import json, sys, time
         from mnist_pipeline.prefect_server import TemporaryServer
         server = TemporaryServer(json.loads(sys.argv[1]), timeout=120, database=None)
         server.start()
         server.wait()
-        print(server.port, server._process.pid, flush=True)
+        time.sleep(2)
+        print(server.port, server.pid, flush=True)
         time.sleep(600)
     """
     environment = json.dumps(_environment(tmp_path))
-    command_process = subprocess.Popen(
+    server_pid = None
+    with subprocess.Popen(
         [sys.executable, "-c", command, environment], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        port, server_pid = map(int, command_process.stdout.readline().split())
-        assert _answers(port)
-        command_process.kill()  # SIGKILL: no exit hook runs
-        command_process.wait(timeout=10)
-        deadline = time.monotonic() + 30
-        while _alive(server_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(server_pid), "the server outlived its killed command"
-        assert not _answers(port)
-    finally:
-        command_process.kill()
-        command_process.wait(timeout=10)
+    ) as command_process:
+        try:
+            port, server_pid = map(int, command_process.stdout.readline().split())
+            assert _answers(port)
+            command_process.kill()  # SIGKILL: no exit hook runs
+            command_process.wait(timeout=10)
+            deadline = time.monotonic() + 30
+            while _alive(server_pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _alive(server_pid), "the server outlived its killed command"
+            assert not _answers(port)
+        finally:
+            command_process.kill()
+            if server_pid is not None and _alive(server_pid):
+                os.kill(server_pid, signal.SIGKILL)  # not left running on CI
 
 
 def _alive(pid: int) -> bool:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import subprocess
+import sys
 import threading
 import weakref
 
@@ -19,6 +22,7 @@ from mnist_pipeline.launch import collect_imports, defer_garbage_collection
 from mnist_pipeline.prefect_server import (
     SERVER_ENVIRONMENT,
     TEMPORARY_API_ENV,
+    _with_parent_death_signal,
     server_command,
     shared_api_url,
 )
@@ -51,6 +55,49 @@ def test_the_server_command_is_prefects_own_on_a_socket_handed_over(monkeypatch)
         if os.environ.get(name) != value and name not in settings
     }
     assert added and added.items() <= SERVER_ENVIRONMENT.items()
+
+
+#: A module that prints its arguments and the signal it gets when its parent dies.
+REPORTER = """\
+import ctypes, sys
+signal = ctypes.c_int()
+ctypes.CDLL(None).prctl(2, ctypes.byref(signal), 0, 0, 0)  # PR_GET_PDEATHSIG
+print(__name__, sys.argv[1:], signal.value)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_the_server_runs_as_its_module_set_to_end_with_this_process(tmp_path):
+    (tmp_path / "reporter.py").write_text(REPORTER)
+    command = [sys.executable, "-m", "reporter", "--fd", "7"]
+    wrapped = _with_parent_death_signal(command)
+    assert wrapped[:2] == [sys.executable, "-c"]
+    assert wrapped[3:] == [str(os.getpid()), "reporter", "--fd", "7"]
+    ran = subprocess.run(
+        wrapped, cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert ran.stdout.split() == ["__main__", "['--fd',", "'7']", str(signal.SIGTERM)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_a_server_whose_command_is_already_gone_does_not_start(tmp_path):
+    (tmp_path / "reporter.py").write_text(REPORTER)
+    wrapped = _with_parent_death_signal([sys.executable, "-m", "reporter"])
+    wrapped[3] = str(os.getpid() + 1_000_000)  # not this child's parent
+    ran = subprocess.run(
+        wrapped, check=False, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert ran.returncode == 1 and ran.stdout == ""
+    assert "the command that started this server has ended" in ran.stderr
+
+
+def test_only_a_module_command_is_wrapped():
+    if sys.platform.startswith("linux"):
+        with pytest.raises(ValueError, match="not a `python -m module` command"):
+            _with_parent_death_signal([sys.executable, "server.py"])
+    else:
+        command = [sys.executable, "-m", "uvicorn"]
+        assert _with_parent_death_signal(command) == command
 
 
 def test_refreshing_prefects_global_settings_reads_the_environment(monkeypatch):
