@@ -23,7 +23,7 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 
-from mnist_pipeline import runs
+from mnist_pipeline import runs, tracking_store
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.gate import Scores, score_tags
@@ -87,25 +87,12 @@ def set_challenger(
             client.set_registered_model_alias(name, CHALLENGER, version)
             return
         except MlflowException as exc:
-            if attempt == attempts - 1 or not _concurrent_insert(exc):
+            if attempt == attempts - 1 or not tracking_store.is_concurrent_insert(exc):
                 raise
         current = alias_version(client, name, CHALLENGER)
         if current is not None and int(current) > int(version):
             return
         time.sleep(0.1 * (attempt + 1))
-
-
-def _concurrent_insert(exc: MlflowException) -> bool:
-    # SQLite and PostgreSQL's wording of a unique-key violation, as MLflow's
-    # SQL store passes it on (directly or over REST).
-    return any(
-        words in exc.message
-        for words in (
-            "UNIQUE constraint failed",
-            "duplicate key value",
-            "UniqueViolation",
-        )
-    )
 
 
 def versions_tagged(

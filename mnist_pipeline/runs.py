@@ -29,6 +29,7 @@ from mlflow.entities import (
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from mnist_pipeline import tracking_store
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.redact import redact_text, redact_url
 from mnist_pipeline.sweep import TRIAL_TAG
@@ -169,7 +170,25 @@ def log_datasets(client: MlflowClient, run_id: str, ref: DatasetRef) -> None:
             "mlflow.data.context", "training" if split == "train" else "testing"
         )
         inputs.append(DatasetInput(entity, tags=[context]))
-    client.log_inputs(run_id, datasets=inputs)
+    _log_inputs(client, run_id, inputs)
+
+
+def _log_inputs(
+    client: MlflowClient, run_id: str, inputs: list[DatasetInput], attempts: int = 3
+) -> None:
+    # A dataset row is shared by every run of the experiment that read the same
+    # data; MLflow looks it up and then inserts it, so two runs (overlapping
+    # nights, sweep trials) logging a new one at once can both insert it. The
+    # loser's write is rolled back whole and refused with a unique-key violation;
+    # again, it finds the winner's row and links its run to it.
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not tracking_store.is_concurrent_insert(exc):
+                raise
+            log.info("Dataset inserted by a concurrent run; logging its inputs again")
 
 
 def log_files(

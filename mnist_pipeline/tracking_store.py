@@ -107,6 +107,24 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def is_concurrent_insert(exc: MlflowException) -> bool:
+    """Whether MLflow's SQL store refused a write because a concurrent one inserted
+    the same key first (a unique-key violation; nothing of the refused write stays).
+
+    SQLite's and PostgreSQL's wording, as the store passes it on, directly or over
+    REST: MLflow checks for an existing row and then inserts, so two runs writing
+    the same new row at once (an alias, a dataset) can meet here.
+    """
+    return any(
+        words in exc.message
+        for words in (
+            "UNIQUE constraint failed",
+            "duplicate key value",
+            "UniqueViolation",
+        )
+    )
+
+
 def portable_uri(uri: str) -> str:
     """``uri`` usable from another working folder: a relative SQLite path made absolute.
 

@@ -204,6 +204,8 @@ def test_overlapping_runs_promote_the_better_one_in_either_order(
             night(tmp_path, datasets["big"], model, seed=1, **first_settings),
             night(tmp_path, datasets["big"], model, seed=2, **second_settings),
         )
+        failed = [r for r in runs if isinstance(r, Exception)]
+        assert not failed, f"an overlapping run failed: {failed!r}"
         client = tracking_store.connect()
         tags = versions(client, model)
         by_lr = {

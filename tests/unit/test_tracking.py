@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from mlflow.exceptions import MlflowException
 
 from mnist_pipeline import packaging, runs, tracking_store
 from mnist_pipeline.callbacks import EpochMetrics
@@ -61,6 +62,59 @@ def test_datasets_are_logged_with_digest_and_context(run_id, tiny_dataset, tmp_p
         "tiny-train": (ref.split_digests["train"], "training"),
         "tiny-test": (ref.split_digests["test"], "testing"),
     }
+
+
+def test_two_runs_logging_a_new_dataset_at_once_both_get_it(
+    run_id, tiny_dataset, tmp_path
+):
+    """A real race in MLflow's SQL store: the rival's rows land between this
+    run's look-up and its insert (as overlapping nights met it in CI)."""
+    from mlflow.store.tracking.dbmodels.models import SqlDataset
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    ref = save_dataset(tiny_dataset, tmp_path / "datasets")
+    client = tracking_store.client()
+    experiment = client.get_run(run_id).info.experiment_id
+    rival = client.create_run(experiment).info.run_id
+    raced = []
+
+    def rival_inserts_first(session, flush_context, instances):
+        inserting = any(isinstance(o, SqlDataset) for o in session.new)
+        if inserting and not raced:
+            raced.append(True)  # before the rival's own flush comes through here
+            runs.log_datasets(client, rival, ref)
+
+    event.listen(Session, "before_flush", rival_inserts_first)
+    try:
+        runs.log_datasets(client, run_id, ref)
+    finally:
+        event.remove(Session, "before_flush", rival_inserts_first)
+
+    assert raced  # the race happened: this run's first insert met the rival's rows
+    for rid in (run_id, rival):
+        inputs = client.get_run(rid).inputs.dataset_inputs
+        assert sorted((i.dataset.name, i.tags[0].value) for i in inputs) == [
+            ("tiny-test", "testing"),
+            ("tiny-train", "training"),
+        ]
+
+
+def test_other_dataset_logging_errors_are_not_retried(run_id, tiny_dataset, tmp_path):
+    ref = save_dataset(tiny_dataset, tmp_path / "datasets")
+    client = tracking_store.client()
+    calls = []
+
+    class Counting:
+        def log_inputs(self, *args, **kwargs):
+            calls.append(args)
+            return client.log_inputs(*args, **kwargs)
+
+    client.delete_run(run_id)  # MLflow refuses inputs for a deleted run
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        runs.log_datasets(Counting(), run_id, ref)
+    assert len(calls) == 1
+    client.restore_run(run_id)  # the fixture ends the run
 
 
 def test_logged_model_is_registered_and_predicts_like_keras(run_id, tmp_path):
