@@ -39,6 +39,8 @@ from mnist_pipeline.files import exclusive_lock, sqlite_file
 #: Set to the temporary server's API URL in the environment of the command and
 #: of the processes it starts (a sweep's Dask workers).
 TEMPORARY_API_ENV = "MNIST_PIPELINE_TEMPORARY_PREFECT_API"
+#: Seconds a stopped server has to end after SIGTERM before it is killed.
+_STOP_GRACE = 5
 #: What Prefect's ``SubprocessASGIServer`` sets for its server process (no UI,
 #: only the services an ephemeral server runs), and one thing more: no block
 #: type registration at start, which imported every installed Prefect
@@ -256,22 +258,33 @@ class TemporaryServer:
                     if self._stopped:
                         self._failure = "the command ended before it started"
                         return
-                    self._process = subprocess.Popen(
+                    process = self._process = subprocess.Popen(
                         _with_parent_death_signal(server_command(fd)),
                         env=self._environment,
                         pass_fds=(fd,),
                     )
                 self._failure = self._await_health()
-                if self._failure is not None and not self._stopped:
-                    self._end(self._process)  # else stop() ends it: one SIGTERM
+                if self._failure is not None:
+                    self._end_before_unlock(process)
         except TimeoutError as exc:
             self._failure = f"another command held its database lock ({exc})"
-        except Exception as exc:  # noqa: BLE001 - reported by wait()
+        except Exception as exc:  # noqa: BLE001 - in the boot thread: wait() reports it
             self._failure = f"could not start it: {exc}"
-            if not self._stopped:
-                self._end(self._process)
+            self._end_before_unlock(self._process)
         finally:
             self._socket.close()
+
+    def _end_before_unlock(self, process: subprocess.Popen | None) -> None:
+        # A server stopped while it boots may still be migrating its database
+        # (uvicorn finishes its start-up before it honours SIGTERM): the lock is
+        # released only once the process is gone.
+        with self._guard:
+            stopping = self._stopped
+        if not stopping:
+            self._end(process)
+        elif process is not None:  # stop() sends the one SIGTERM (or a kill)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=_STOP_GRACE + 5)
 
     def _await_health(self) -> str | None:
         deadline = time.monotonic() + self._timeout
@@ -338,7 +351,7 @@ class TemporaryServer:
         if process.poll() is None:
             process.terminate()
             try:
-                process.wait(timeout=5)
+                process.wait(timeout=_STOP_GRACE)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

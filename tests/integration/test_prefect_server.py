@@ -8,12 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from mnist_pipeline.files import exclusive_lock
 from mnist_pipeline.prefect_server import (
     SERVER_ENVIRONMENT,
     PrefectServerError,
@@ -80,7 +82,8 @@ def test_a_server_that_cannot_start_fails_the_command_saying_why(tmp_path):
 
 
 def test_one_that_does_not_answer_in_time_is_ended_before_the_error(tmp_path):
-    server = TemporaryServer(_environment(tmp_path), timeout=0.5, database=None)
+    database = tmp_path / "prefect-home" / "prefect.db"
+    server = TemporaryServer(_environment(tmp_path), timeout=0.5, database=database)
     server.start()
     try:
         with pytest.raises(PrefectServerError, match="did not answer within 0.5 s"):
@@ -88,8 +91,45 @@ def test_one_that_does_not_answer_in_time_is_ended_before_the_error(tmp_path):
         # Ended while its boot still held the database lock: no half-started
         # server left migrating a database the next command is waiting for.
         assert not server.running
+        with exclusive_lock(Path(f"{database}.lock"), timeout=0):
+            pass  # and the lock is free again for that command
     finally:
         server.stop()
+
+
+def test_stopped_while_it_migrates_it_holds_the_lock_until_its_process_ends(
+    tmp_path,
+):
+    database = tmp_path / "prefect-home" / "prefect.db"
+    server = TemporaryServer(_environment(tmp_path), timeout=120, database=database)
+    server.start()
+    deadline = time.monotonic() + 60
+    while not database.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # its start-up has begun creating the database
+    pid = server.pid
+    assert database.exists() and pid is not None
+    alive_when_locked: list[bool] = []
+
+    def next_command() -> None:
+        with exclusive_lock(Path(f"{database}.lock"), timeout=60):
+            alive_when_locked.append(_alive(pid))
+
+    waiter = threading.Thread(target=next_command)
+    waiter.start()
+    server.stop()  # Ctrl+C or an error while the server boots
+    waiter.join(timeout=60)
+    assert alive_when_locked == [False], "the lock was free while it still ran"
+    with pytest.raises(PrefectServerError):
+        server.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
 
 
 def test_stopped_before_it_started_it_never_starts(tmp_path):
