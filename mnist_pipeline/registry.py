@@ -77,21 +77,23 @@ def set_challenger(
 ) -> None:
     """Point ``@challenger`` at the newest candidate.
 
-    Two runs registering at once can both find the alias unset and both insert
-    it: MLflow's SQL store then refuses the second insert with a unique-key
-    violation (seen in the overlap test: SQLite's "UNIQUE constraint failed").
-    The write is retried; it is skipped when a newer version took the alias.
+    The alias is read before every write, and the write is skipped when a newer
+    version holds it (a run that registered later and got there first). Two runs
+    registering at once can both find the alias unset and both insert it:
+    MLflow's SQL store then refuses the second insert with a unique-key
+    violation (seen in the overlap test: SQLite's "UNIQUE constraint failed"),
+    and the write is tried again.
     """
     for attempt in range(attempts):
+        current = alias_version(client, name, CHALLENGER)
+        if current is not None and int(current) > int(version):
+            return
         try:
             client.set_registered_model_alias(name, CHALLENGER, version)
             return
         except MlflowException as exc:
             if attempt == attempts - 1 or not tracking_store.is_concurrent_insert(exc):
                 raise
-        current = alias_version(client, name, CHALLENGER)
-        if current is not None and int(current) > int(version):
-            return
         time.sleep(0.1 * (attempt + 1))
 
 

@@ -16,12 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import BAD_REQUEST, ErrorCode
 
 from mnist_pipeline.errors import TrackingUnavailableError
 from mnist_pipeline.files import database_lock, sqlite_file
 from mnist_pipeline.redact import redact_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_BAD_REQUEST = ErrorCode.Name(BAD_REQUEST)
 
 
 def tracking_uri() -> str:
@@ -115,7 +117,8 @@ def is_concurrent_insert(exc: MlflowException) -> bool:
     REST: MLflow checks for an existing row and then inserts, so two runs writing
     the same new row at once (an alias, a dataset) can meet here.
     """
-    return any(
+    # The store answers any SQLAlchemy error as BAD_REQUEST; the words say which.
+    return exc.error_code == _BAD_REQUEST and any(
         words in exc.message
         for words in (
             "UNIQUE constraint failed",

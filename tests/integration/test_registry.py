@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from mnist_pipeline import packaging, registry, runs, tracking_store
 from mnist_pipeline.errors import RegistryError
@@ -109,7 +110,8 @@ class _RacedClient:
             raise MlflowException(
                 "(sqlite3.IntegrityError) UNIQUE constraint failed: "
                 "registered_model_aliases.workspace, registered_model_aliases.name, "
-                "registered_model_aliases.alias"
+                "registered_model_aliases.alias",
+                error_code=BAD_REQUEST,
             )
         self._client.set_registered_model_alias(name, alias, version)
 
@@ -127,9 +129,35 @@ def test_two_candidates_setting_challenger_at_once_leave_the_newer(
     assert raced.calls == (1 if expected == rival else 2)
 
 
+def test_an_older_candidate_leaves_challenger_on_the_newer(three_versions):
+    registry.set_challenger(three_versions, "mnist-cnn", "3")
+    writes = _CountingClient(three_versions)
+    registry.set_challenger(writes, "mnist-cnn", "2")
+    assert registry.alias_version(three_versions, "mnist-cnn", "challenger") == "3"
+    assert writes.alias_writes == 0
+
+
 def test_other_registry_errors_on_the_challenger_are_not_retried(three_versions):
-    with pytest.raises(MlflowException):
-        registry.set_challenger(three_versions, "no-such-model", "1")
+    writes = _CountingClient(three_versions)
+    with pytest.raises(MlflowException) as refused:
+        registry.set_challenger(writes, "mnist-cnn", "99")  # no such version
+    assert refused.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    assert writes.alias_writes == 1
+    assert registry.alias_version(three_versions, "mnist-cnn", "challenger") is None
+
+
+class _CountingClient:
+    """A real client that counts its alias writes."""
+
+    def __init__(self, client) -> None:
+        self._client, self.alias_writes = client, 0
+
+    def set_registered_model_alias(self, *args):
+        self.alias_writes += 1
+        return self._client.set_registered_model_alias(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
 
 
 def test_operator_commands_promote_and_roll_back(
