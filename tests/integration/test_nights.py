@@ -199,10 +199,11 @@ def test_overlapping_runs_promote_the_better_one_in_either_order(
         ("overlap-worse-first", worse, better),
         ("overlap-better-first", better, worse),
     ):
-        _first_to_the_lock(monkeypatch, "-seed1-")
+        first_done = _first_to_the_lock(monkeypatch, "-seed1-")
         runs = _together(
             night(tmp_path, datasets["big"], model, seed=1, **first_settings),
             night(tmp_path, datasets["big"], model, seed=2, **second_settings),
+            on_first_end=first_done,
         )
         failed = [r for r in runs if isinstance(r, Exception)]
         assert not failed, f"an overlapping run failed: {failed!r}"
@@ -225,11 +226,15 @@ def test_overlapping_runs_promote_the_better_one_in_either_order(
     assert orders == {"better first", "worse first"}
 
 
-def _first_to_the_lock(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
+def _first_to_the_lock(
+    monkeypatch: pytest.MonkeyPatch, first: str
+) -> Callable[[], None]:
     """The run whose flow-run name holds ``first`` takes the promotion lock first.
 
     The other run waits until that one holds the real lock, then asks for it
-    too, so it waits on the lock while the first one promotes.
+    too, so it waits on the lock while the first one promotes. Returns what to
+    call when the first run ends: one that failed before the lock then lets the
+    other go on instead of keeping it waiting (the test names the failure).
     """
     holding = threading.Event()
 
@@ -246,6 +251,7 @@ def _first_to_the_lock(monkeypatch: pytest.MonkeyPatch, first: str) -> None:
             yield held
 
     monkeypatch.setattr(tasks.gate, "promotion_lock", ordered)
+    return holding.set
 
 
 def test_the_promotion_lock_admits_one_holder_at_a_time(prefect_api_url):
@@ -414,13 +420,22 @@ def _try(config: TrainConfig) -> TrainingResult | Exception:
         return exc
 
 
-def _together(*configs: TrainConfig) -> list[TrainingResult | Exception]:
-    """Run the flows at the same time, in threads; their results in order."""
+def _together(
+    *configs: TrainConfig, on_first_end: Callable[[], None] | None = None
+) -> list[TrainingResult | Exception]:
+    """Run the flows at the same time, in threads; their results in order.
+
+    ``on_first_end`` is called when the first config's run has ended.
+    """
     results: list[TrainingResult | Exception | None] = [None] * len(configs)
 
     def runner(index: int, config: TrainConfig) -> Callable[[], None]:
         def run() -> None:
-            results[index] = _try(config)
+            try:
+                results[index] = _try(config)
+            finally:
+                if index == 0 and on_first_end is not None:
+                    on_first_end()
 
         return run
 

@@ -85,13 +85,15 @@ def test_two_runs_logging_a_new_dataset_at_once_both_get_it(
             raced.append(True)  # before the rival's own flush comes through here
             runs.log_datasets(client, rival, ref)
 
+    counting = _CountingInputs(client)
     event.listen(Session, "before_flush", rival_inserts_first)
     try:
-        runs.log_datasets(client, run_id, ref)
+        runs.log_datasets(counting, run_id, ref)
     finally:
         event.remove(Session, "before_flush", rival_inserts_first)
 
     assert raced  # the race happened: this run's first insert met the rival's rows
+    assert counting.calls == 2, "refused once (the rival's rows), then logged"
     for rid in (run_id, rival):
         inputs = client.get_run(rid).inputs.dataset_inputs
         assert sorted((i.dataset.name, i.tags[0].value) for i in inputs) == [
@@ -103,18 +105,23 @@ def test_two_runs_logging_a_new_dataset_at_once_both_get_it(
 def test_other_dataset_logging_errors_are_not_retried(run_id, tiny_dataset, tmp_path):
     ref = save_dataset(tiny_dataset, tmp_path / "datasets")
     client = tracking_store.client()
-    calls = []
-
-    class Counting:
-        def log_inputs(self, *args, **kwargs):
-            calls.append(args)
-            return client.log_inputs(*args, **kwargs)
-
+    counting = _CountingInputs(client)
     client.delete_run(run_id)  # MLflow refuses inputs for a deleted run
     with pytest.raises(MlflowException, match="must be in the 'active' state"):
-        runs.log_datasets(Counting(), run_id, ref)
-    assert len(calls) == 1
+        runs.log_datasets(counting, run_id, ref)
+    assert counting.calls == 1
     client.restore_run(run_id)  # the fixture ends the run
+
+
+class _CountingInputs:
+    """A real client that counts its ``log_inputs`` calls."""
+
+    def __init__(self, client) -> None:
+        self._client, self.calls = client, 0
+
+    def log_inputs(self, *args, **kwargs):
+        self.calls += 1
+        return self._client.log_inputs(*args, **kwargs)
 
 
 def test_logged_model_is_registered_and_predicts_like_keras(run_id, tmp_path):
