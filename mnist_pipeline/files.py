@@ -31,6 +31,11 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+def database_lock_file(database: Path) -> Path:
+    """The lock file beside ``database`` that every process migrating it takes."""
+    return Path(f"{database}.lock")
+
+
 @contextlib.contextmanager
 def database_lock(database: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``<database>.lock`` for the ``with`` block.
@@ -41,7 +46,7 @@ def database_lock(database: Path) -> Iterator[None]:
     advisory ``flock``: released when the block ends or the process dies.
     """
     database.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{database}.lock", "w") as lock:
+    with open(database_lock_file(database), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

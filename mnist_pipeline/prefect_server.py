@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import exclusive_lock, sqlite_file
+from mnist_pipeline.files import database_lock_file, exclusive_lock, sqlite_file
 
 #: Set to the temporary server's API URL in the environment of the command and
 #: of the processes it starts (a sweep's Dask workers).
@@ -240,7 +240,7 @@ class TemporaryServer:
         # The lock is held until this server answers or is gone.
         lock = (
             exclusive_lock(
-                Path(f"{self._database}.lock"),
+                database_lock_file(self._database),
                 self._timeout,
                 on_wait=lambda: _prefect_log().info(
                     "Waiting for another command's temporary server to set up "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.files import exclusive_lock
+from mnist_pipeline.files import database_lock_file, exclusive_lock
 from mnist_pipeline.prefect_server import (
     SERVER_ENVIRONMENT,
     PrefectServerError,
@@ -91,7 +91,7 @@ def test_one_that_does_not_answer_in_time_is_ended_before_the_error(tmp_path):
         # Ended while its boot still held the database lock: no half-started
         # server left migrating a database the next command is waiting for.
         assert not server.running
-        with exclusive_lock(Path(f"{database}.lock"), timeout=0):
+        with exclusive_lock(database_lock_file(database), timeout=0):
             pass  # and the lock is free again for that command
     finally:
         server.stop()
@@ -111,7 +111,7 @@ def test_stopped_while_it_migrates_it_holds_the_lock_until_its_process_ends(
     alive_when_locked: list[bool] = []
 
     def next_command() -> None:
-        with exclusive_lock(Path(f"{database}.lock"), timeout=60):
+        with exclusive_lock(database_lock_file(database), timeout=60):
             alive_when_locked.append(_alive(pid))
 
     waiter = threading.Thread(target=next_command)
@@ -121,15 +121,6 @@ def test_stopped_while_it_migrates_it_holds_the_lock_until_its_process_ends(
     assert alive_when_locked == [False], "the lock was free while it still ran"
     with pytest.raises(PrefectServerError):
         server.wait()
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting to be reaped has ended)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
 
 
 def test_stopped_before_it_started_it_never_starts(tmp_path):
