@@ -84,17 +84,13 @@ def set_challenger(
     violation (seen in the overlap test: SQLite's "UNIQUE constraint failed"),
     and the write is tried again.
     """
-    for attempt in range(attempts):
+
+    def write() -> None:
         current = alias_version(client, name, CHALLENGER)
-        if current is not None and int(current) > int(version):
-            return
-        try:
+        if current is None or int(current) < int(version):
             client.set_registered_model_alias(name, CHALLENGER, version)
-            return
-        except MlflowException as exc:
-            if attempt == attempts - 1 or not tracking_store.is_concurrent_insert(exc):
-                raise
-        time.sleep(0.1 * (attempt + 1))
+
+    tracking_store.write_past_concurrent_inserts(write, attempts)
 
 
 def versions_tagged(

@@ -170,25 +170,14 @@ def log_datasets(client: MlflowClient, run_id: str, ref: DatasetRef) -> None:
             "mlflow.data.context", "training" if split == "train" else "testing"
         )
         inputs.append(DatasetInput(entity, tags=[context]))
-    _log_inputs(client, run_id, inputs)
-
-
-def _log_inputs(
-    client: MlflowClient, run_id: str, inputs: list[DatasetInput], attempts: int = 3
-) -> None:
     # A dataset row is shared by every run of the experiment that read the same
-    # data; MLflow looks it up and then inserts it, so two runs (overlapping
-    # nights, sweep trials) logging a new one at once can both insert it. The
-    # loser's write is rolled back whole and refused with a unique-key violation;
-    # again, it finds the winner's row and links its run to it.
-    for attempt in range(attempts):
-        try:
-            client.log_inputs(run_id, datasets=inputs)
-            return
-        except MlflowException as exc:
-            if attempt == attempts - 1 or not tracking_store.is_concurrent_insert(exc):
-                raise
-            log.info("Dataset inserted by a concurrent run; logging its inputs again")
+    # data; MLflow looks it up and then inserts it, so two runs logging a new one
+    # at once (overlapping nights) can both insert it. The loser's write is
+    # rolled back whole and refused with a unique-key violation; again, it finds
+    # the winner's row and links its run to it.
+    tracking_store.write_past_concurrent_inserts(
+        lambda: client.log_inputs(run_id, datasets=inputs)
+    )
 
 
 def log_files(

@@ -10,6 +10,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -126,6 +127,25 @@ def is_concurrent_insert(exc: MlflowException) -> bool:
             "UniqueViolation",
         )
     )
+
+
+def write_past_concurrent_inserts(
+    write: Callable[[], object], attempts: int = 3, pause: float = 0.1
+) -> None:
+    """Call ``write`` again while a concurrent insert refuses it (at most
+    ``attempts`` calls); ``write`` re-reads what it needs on every call.
+
+    Raises:
+        MlflowException: any other refusal at once, or the last one.
+    """
+    for attempt in range(attempts):
+        try:
+            write()
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not is_concurrent_insert(exc):
+                raise
+        time.sleep(pause * (attempt + 1))
 
 
 def portable_uri(uri: str) -> str:
