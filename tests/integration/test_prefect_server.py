@@ -102,21 +102,23 @@ def test_stopped_while_it_migrates_it_holds_the_lock_until_its_process_ends(
 ):
     database = tmp_path / "prefect-home" / "prefect.db"
     server = TemporaryServer(_environment(tmp_path), timeout=120, database=database)
-    server.start()
-    deadline = time.monotonic() + 60
-    while not database.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)  # its start-up has begun creating the database
-    pid = server.pid
-    assert database.exists() and pid is not None
     alive_when_locked: list[bool] = []
+    server.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not database.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # its start-up has begun creating the database
+        pid = server.pid
+        assert database.exists() and pid is not None
 
-    def next_command() -> None:
-        with exclusive_lock(database_lock_file(database), timeout=60):
-            alive_when_locked.append(_alive(pid))
+        def next_command() -> None:
+            with exclusive_lock(database_lock_file(database), timeout=60):
+                alive_when_locked.append(_alive(pid))
 
-    waiter = threading.Thread(target=next_command)
-    waiter.start()
-    server.stop()  # Ctrl+C or an error while the server boots
+        waiter = threading.Thread(target=next_command)
+        waiter.start()
+    finally:
+        server.stop()  # Ctrl+C or an error while the server boots
     waiter.join(timeout=60)
     assert alive_when_locked == [False], "the lock was free while it still ran"
     with pytest.raises(PrefectServerError):
