@@ -85,12 +85,20 @@ class FeatureDrift(BaseModel):
 
 
 class DriftReport(BaseModel):
-    """A batch's drift verdict, every feature's figures and per-image flags."""
+    """A batch's drift verdict, every feature's figures and per-image flags.
+
+    Attributes:
+        ood_images: images of the whole batch flagged out of distribution.
+        out_of_distribution: the flag of each image whose values the batch's
+            profile keeps (every image, or a long streamed batch's sample).
+        ood_reasons: the features that flagged each of those images.
+    """
 
     images: int
     drift_detected: bool
     drifting: list[str]
     features: list[FeatureDrift]
+    ood_images: int
     out_of_distribution: list[bool]
     ood_reasons: list[list[str]]
     thresholds: DriftConfig
@@ -98,7 +106,7 @@ class DriftReport(BaseModel):
     @property
     def ood_share(self) -> float:
         """Share of the batch's images flagged out of distribution."""
-        return float(np.mean(self.out_of_distribution)) if self.images else 0.0
+        return self.ood_images / self.images if self.images else 0.0
 
     def metrics(self) -> dict[str, float]:
         """Flat figures for MLflow: ``drift_detected`` (1 or 0) and per feature."""
@@ -215,7 +223,11 @@ def _profile(
 
 
 def compare(
-    batch: Profile, reference: Profile, thresholds: DriftConfig | None = None
+    batch: Profile,
+    reference: Profile,
+    thresholds: DriftConfig | None = None,
+    *,
+    ood_images: int | None = None,
 ) -> DriftReport:
     """Each feature of ``batch`` against ``reference``; per-image flags; verdict.
 
@@ -230,6 +242,10 @@ def compare(
     in batches of at least ``min_histogram_images``; the predicted-class
     shares when a chi-square test is significant and their PSI reaches
     ``psi_threshold``.
+
+    ``ood_images`` is the count of flagged images when ``batch`` keeps the
+    values of only a sample of them (:class:`BatchMonitor` counts every image
+    as it arrives); by default the flags of ``batch``'s values are counted.
     """
     thresholds = thresholds or DriftConfig()
     # One batch runs one test per feature: Bonferroni keeps the chance of a
@@ -251,6 +267,7 @@ def compare(
         drift_detected=bool(drifting),
         drifting=drifting,
         features=features,
+        ood_images=sum(flags) if ood_images is None else ood_images,
         out_of_distribution=flags,
         ood_reasons=reasons,
         thresholds=thresholds,
@@ -428,10 +445,10 @@ BATCH_VALUES = 100_000
 class BatchMonitor:
     """A batch's profile built chunk by chunk, each chunk's images flagged at once.
 
-    Means, the pixel histogram and the class shares count every image; the
-    per-image values the tests need are kept for at most ``max_values`` images,
-    a uniform sample (random keys, the smallest kept), so memory stays flat
-    however long the batch.
+    Means, the pixel histogram, the class shares and the out-of-distribution
+    count (``ood_images``) count every image; the per-image values the tests
+    need are kept for at most ``max_values`` images, a uniform sample (random
+    keys, the smallest kept), so memory stays flat however long the batch.
     """
 
     def __init__(
@@ -453,6 +470,7 @@ class BatchMonitor:
         self._pixels = np.zeros(PIXEL_BINS, np.int64)
         self._classes = np.zeros(NUM_CLASSES, np.int64)
         self.images = 0
+        self.ood_images = 0
         quantile = self.thresholds.ood_quantile
         bounds = np.array(
             [
@@ -484,8 +502,11 @@ class BatchMonitor:
                 np.argpartition(self._keys, self.max_values)[: self.max_values]
             )
             self._keys, self._values = self._keys[keep], self._values[keep]
-        # As _out_of_distribution, on arrays: no profile per chunk.
-        return ((values < self._low) | (values > self._high)).any(axis=1).tolist()
+        # As _out_of_distribution, on arrays: no profile per chunk. Counted
+        # here: the report's own flags cover only the kept sample.
+        flags = ((values < self._low) | (values > self._high)).any(axis=1)
+        self.ood_images += int(flags.sum())
+        return flags.tolist()
 
     def profile(self) -> Profile:
         """The batch so far, as :func:`batch_profile` describes it."""
@@ -505,4 +526,9 @@ class BatchMonitor:
 
     def report(self) -> DriftReport:
         """The batch so far against the reference (:func:`compare`)."""
-        return compare(self.profile(), self.reference, self.thresholds)
+        return compare(
+            self.profile(),
+            self.reference,
+            self.thresholds,
+            ood_images=self.ood_images,
+        )

@@ -336,7 +336,7 @@ def plot_drift(batch: Profile, reference: Profile, report: DriftReport) -> Figur
     figure.suptitle(
         f"Batch of {report.images} image(s) vs the model's reference of "
         f"{reference.images}: {verdict}\n"
-        f"{sum(report.out_of_distribution)} image(s) out of distribution; grey: "
+        f"{report.ood_images} image(s) out of distribution; grey: "
         "reference, line: batch (red where it drifted)",
         fontsize=12,
         color=_DRIFT_COLOUR if report.drift_detected else "black",

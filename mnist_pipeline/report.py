@@ -151,7 +151,7 @@ def drift_markdown(report: DriftReport, model_name: str, version: str) -> str:
         if report.drift_detected
         else "**no drift**"
     )
-    flagged = sum(report.out_of_distribution)
+    flagged = report.ood_images
     lines = [
         "# Input drift",
         "",

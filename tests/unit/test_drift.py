@@ -225,3 +225,25 @@ def test_a_long_batch_keeps_a_bounded_sample_of_values(sample, reference):
     whole = drift.batch_profile(sample.x_test, outputs(sample.y_test))
     assert profile.means == pytest.approx(whole.means)  # every image counted
     assert monitor.report().drift_detected is False
+
+
+def test_a_long_batch_counts_every_flagged_image_not_the_sample(sample, reference):
+    images = sample.x_test.copy()
+    images[:40] = 255 - images[:40]  # 40 inverted images in 1,000
+    monitor = drift.BatchMonitor(reference, max_values=100)
+    flags = []
+    for start in range(0, 1000, 200):
+        chunk = slice(start, start + 200)
+        flags += monitor.add(images[chunk], outputs(sample.y_test)[chunk])
+    flagged = sum(flags)
+    assert flagged >= 40
+    report = monitor.report()
+    assert report.ood_images == flagged
+    assert report.ood_share == pytest.approx(flagged / 1000)
+    assert report.metrics()["ood_share"] == pytest.approx(flagged / 1000)
+    payload = drift.drift_event(report, "mnist-cnn", "1")["payload"]
+    assert payload["ood_share"] == round(flagged / 1000, 4)
+    markdown = drift_markdown(report, "mnist-cnn", "1")
+    assert f"{flagged} image(s) ({flagged / 1000:.1%}) out of distribution" in markdown
+    title = plots.plot_drift(monitor.profile(), reference, report).get_suptitle()
+    assert f"{flagged} image(s) out of distribution" in title

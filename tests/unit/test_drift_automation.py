@@ -29,6 +29,7 @@ def test_the_automation_reacts_to_drift_events_of_any_model_version():
         drift_detected=True,
         drifting=["ink_share"],
         features=[],
+        ood_images=4,
         out_of_distribution=[True] * 4,
         ood_reasons=[["ink_share"]] * 4,
         thresholds=DriftConfig(),
