@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
 
+from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.gate import (
     CandidateChecks,
     Scores,
@@ -19,6 +20,7 @@ from mnist_pipeline.gate import (
     score_tags,
     scores,
     shift,
+    thresholds_for,
 )
 
 from ..conftest import make_images
@@ -198,6 +200,35 @@ def test_perturbations_are_seeded_and_mild():
     assert first["noise"].dtype == np.uint8
 
 
-def test_thresholds_reject_nothing_silently():
-    with pytest.raises(TypeError):
-        Thresholds()  # the accuracy floor has no silent default
+#: Each gate setting of the config, a value the candidate below just misses,
+#: and the check that must then fail, with the threshold it must then hold.
+TIGHTENED = {
+    "min_accuracy": (0.98, "accuracy_floor", 0.98),
+    "min_accuracy_gain": (0.01, "better_than_champion", 0.98),
+    "max_recall_drop": (0.005, "no_recall_regression", 0.915),
+    "min_robust_accuracy": (0.95, "robustness", 0.95),
+}
+
+
+@pytest.mark.parametrize("setting", TIGHTENED)
+def test_each_threshold_set_in_the_config_rejects_a_candidate_missing_only_it(
+    setting,
+):
+    # Better than the champion by 5 images, worst recall 0.01 lower, robust
+    # accuracy 0.93: promoted under the defaults (sample floor 0.94, no gain
+    # required, recall drop 0.02, robustness 0.80).
+    candidate, champion = Scores(975, 1000, 0.91), Scores(970, 1000, 0.92)
+    passing = thresholds_for(TrainConfig(), "mnist-sample")
+    assert decide(candidate, CHECKS, champion, passing).promote
+    value, check_name, threshold = TIGHTENED[setting]
+    tightened = thresholds_for(TrainConfig(**{setting: value}), "mnist-sample")
+    decision = decide(candidate, CHECKS, champion, tightened)
+    assert not decision.promote
+    assert names_failed(decision) == [check_name]
+    (check,) = [c for c in decision.checks if c.name == check_name]
+    assert check.threshold == pytest.approx(threshold)
+    assert f"{value:.4f}" in check.detail  # the setting the user gave
+
+
+def test_every_threshold_is_in_the_table_above():
+    assert set(TIGHTENED) == {f.name for f in fields(Thresholds)}
