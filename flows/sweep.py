@@ -30,7 +30,12 @@ from mnist_pipeline.lineage import (
     training_key,
 )
 from mnist_pipeline.runtime import configure_flow_logs
-from mnist_pipeline.sweep import TrialResult, best_trial, max_concurrency
+from mnist_pipeline.sweep import (
+    TrialResult,
+    best_trial,
+    max_concurrency,
+    sweep_identity,
+)
 from tasks.caching import cache_storage, cached
 from tasks.evaluate import evaluate
 from tasks.gate import run_gate, settle_existing
@@ -111,7 +116,7 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
             test_limit=training.test_limit,
             seed=training.seed,
         )
-        sweep_key = training_key(_sweep_identity(config), data.digest)
+        sweep_key = training_key(sweep_identity(config), data.digest)
         with training_claim(workdir, sweep_key):
             if not training.retrain:
                 existing = find_training(training.model_name, sweep_key, SWEEP_KEY_TAG)
@@ -307,15 +312,6 @@ def _already_swept(
         verdict=verdict,
         skipped=True,
     )
-
-
-def _sweep_identity(config: SweepConfig) -> dict[str, object]:
-    """What decides a sweep's outcome, beside the data and the code version."""
-    return {
-        "grid": config.grid.model_dump(mode="json"),
-        "validation_split": config.training.validation_split,
-        "seed": config.training.seed,
-    }
 
 
 def _sweep_params(config: SweepConfig) -> dict[str, object]:

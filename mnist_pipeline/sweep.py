@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mnist_pipeline.config import SWEPT_FIELDS, SweepGrid, TrialParams
+from mnist_pipeline.config import SWEPT_FIELDS, SweepConfig, SweepGrid, TrialParams
 from mnist_pipeline.errors import SweepError
 
 TrialStatus = Literal["FINISHED", "FAILED"]
@@ -83,6 +83,22 @@ def check_trial(params: TrialParams, train_images: int) -> None:
             "training images, so every epoch would be one partial batch; use at "
             f"most {train_images} or train on more data."
         )
+
+
+def sweep_identity(config: SweepConfig) -> dict[str, object]:
+    """What decides a sweep's outcome, beside the data and the code version.
+
+    Every trial's training settings, as its own training key holds them (its
+    grid values, the augmentation strengths when it augments, the split and
+    the seed): a sweep whose trials would train differently sweeps again.
+    """
+    training = config.training
+    return {
+        "trials": [
+            trial.training_params(training.validation_split, training.seed)
+            for trial in config.trials()
+        ]
+    }
 
 
 def best_trial(results: Sequence[TrialResult]) -> TrialResult:

@@ -8,7 +8,13 @@ import pytest
 from pydantic import ValidationError
 
 from mnist_pipeline import model
-from mnist_pipeline.config import MAX_TRIALS, SweepConfig, SweepGrid, TrialParams
+from mnist_pipeline.config import (
+    MAX_TRIALS,
+    SweepConfig,
+    SweepGrid,
+    TrainConfig,
+    TrialParams,
+)
 from mnist_pipeline.errors import SweepError
 from mnist_pipeline.sweep import (
     TrialResult,
@@ -18,6 +24,7 @@ from mnist_pipeline.sweep import (
     format_table,
     load_grid,
     max_concurrency,
+    sweep_identity,
     trial_rows,
 )
 
@@ -150,3 +157,27 @@ def test_unreachable_scheduler_is_reported_with_advice():
             check_scheduler(f"tcp://127.0.0.1:{port}", timeout=2)
     with pytest.raises(SweepError, match="not a scheduler address"):
         check_scheduler("tcp://nowhere")
+
+
+def test_a_sweep_is_the_same_only_when_every_trial_trains_the_same():
+    grid = SweepGrid(augment=[False, True])
+    config = SweepConfig(grid=grid)
+    stronger = SweepConfig(
+        grid=grid, training=TrainConfig(augment_rotation=20, augment_zoom=0.2)
+    )
+    assert sweep_identity(config) == sweep_identity(SweepConfig(grid=grid))
+    assert sweep_identity(stronger) != sweep_identity(config)
+    assert sweep_identity(
+        SweepConfig(grid=grid, training=TrainConfig(seed=1))
+    ) != sweep_identity(config)
+    # Settings the grid overrides, or strengths no trial uses, change no trial.
+    plain = SweepConfig(grid=SweepGrid(augment=[False]))
+    unused = SweepConfig(
+        grid=plain.grid,
+        training=TrainConfig(epochs=3, learning_rate=0.1, augment_rotation=20),
+    )
+    assert sweep_identity(unused) == sweep_identity(plain)
+    # A trial's own training key: a sweep trial and a training run of one
+    # setup are one training.
+    (trial,) = plain.trials()
+    assert trial.training_params(0.1, 0) in sweep_identity(plain)["trials"]
