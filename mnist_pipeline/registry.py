@@ -260,11 +260,7 @@ def runs_to_keep(
         key=lambda v: int(v.version),
     )
     by_version = {str(v.version): v.run_id for v in versions}
-    keep = (
-        {v.run_id for v in versions[len(versions) - keep_last :]}
-        if keep_last
-        else set()
-    )
+    keep = {v.run_id for v in versions[-keep_last:]} if keep_last else set()
     for alias in (CHAMPION, CHALLENGER):
         if versions:
             version = alias_version(client, name, alias)

@@ -7,8 +7,11 @@ import os
 import time
 from pathlib import Path
 
+from mlflow import MlflowClient
+
 from mnist_pipeline.files import exclusive_lock
 from mnist_pipeline.prune import apply_prune, plan_prune
+from mnist_pipeline.registry import runs_to_keep
 
 DAY = 86400
 NOW = time.time()
@@ -100,3 +103,19 @@ def test_a_young_work_folder_is_left_alone(tmp_path):
     _file(work / "models" / "rejected" / "model.keras", 1)
     _file(work / "checkpoints" / "killed" / "backup" / "w.h5", 1)
     assert _plan(work) == {}
+
+
+def test_fewer_versions_than_kept_keep_every_run(mlflow_store):
+    client = MlflowClient(mlflow_store)
+    experiment = client.create_experiment("prune")
+    client.create_registered_model("mnist-cnn")
+    run_ids = []
+    for _ in range(3):
+        run = client.create_run(experiment)
+        client.create_model_version("mnist-cnn", "unused-source", run.info.run_id)
+        run_ids.append(run.info.run_id)
+    keep, registered = runs_to_keep(client, "mnist-cnn", keep_last=5)
+    assert keep == registered == set(run_ids)
+    keep, _ = runs_to_keep(client, "mnist-cnn", keep_last=2)
+    assert keep == set(run_ids[1:])
+    assert runs_to_keep(client, "mnist-cnn", keep_last=0)[0] == set()
