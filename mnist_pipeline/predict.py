@@ -79,16 +79,6 @@ class PredictionSource:
         return self.read(size)
 
 
-@dataclass(frozen=True)
-class PredictionInput:
-    """Images held in memory with what identifies each one in the output."""
-
-    images: np.ndarray
-    ids: list[str]
-    id_column: str
-    source: str
-
-
 @dataclass
 class BatchSummary:
     """What a batch prediction produced, for the log and the MLflow run."""
@@ -144,26 +134,6 @@ def open_input(path: Path, preprocessing: Normalisation = "mnist") -> Prediction
         f"Prediction input '{path}' is not a .npz, an IDX image file (name "
         "containing 'idx') or a folder of .png/.jpg images."
     )
-
-
-def load_inputs(path: Path, preprocessing: Normalisation = "mnist") -> PredictionInput:
-    """Every image of ``path`` in memory (see :func:`open_input`).
-
-    Raises:
-        PredictionInputError: as :func:`open_input`, or a file of a folder
-            cannot be read or shows no single digit.
-    """
-    source = open_input(path, preprocessing)
-    chunks = list(source.chunks(max(source.count, 1)))
-    failures = [failure for chunk in chunks for failure in chunk.failures]
-    if failures:
-        listed = "; ".join(f"{name} ({reason})" for name, reason in failures)
-        raise PredictionInputError(
-            f"{len(failures)} image(s) in {path} cannot be read: {listed}."
-        )
-    images = np.concatenate([chunk.images for chunk in chunks])
-    ids = [ident for chunk in chunks for ident in chunk.ids]
-    return PredictionInput(images, ids, source.id_column, source.source)
 
 
 # -- arrays: .npz and IDX -------------------------------------------------------
@@ -336,17 +306,6 @@ def _array_source(
             start += len(images)
 
     return PredictionSource(source, "index", count, chunks)
-
-
-def as_model_images(images: np.ndarray, source: str) -> np.ndarray:
-    """Coerce an image array to uint8 (N, 28, 28) with values 0..255.
-
-    Accepts (N, 28, 28), (N, 28, 28, 1) or (N, 784); uint8, or floats either
-    already scaled to 0..1 or on the 0..255 scale.
-    """
-    _check_layout(images.shape, source)
-    images = images.reshape(-1, 28, 28)
-    return _to_uint8(images, _pixel_scale(images.dtype, [images], source))
 
 
 def _check_layout(shape: tuple, source: str) -> int:
@@ -552,13 +511,3 @@ class _Atomic:
             os.replace(self.partial, self.path)
         else:
             self.partial.unlink(missing_ok=True)
-
-
-def write_predictions(
-    path: Path, inputs: PredictionInput, probabilities: np.ndarray
-) -> Path:
-    """One CSV row per image of ``inputs``: id, predicted class, ten probabilities."""
-    with _Atomic(path) as rows:
-        rows.writerow(_header(inputs.id_column))
-        _write_rows(rows, inputs.ids, probabilities, BatchSummary())
-    return path

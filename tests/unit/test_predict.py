@@ -16,13 +16,7 @@ from mnist_pipeline.config import PredictConfig
 from mnist_pipeline.data import load_sample
 from mnist_pipeline.errors import PredictionInputError
 from mnist_pipeline.photos import NORMALISATIONS
-from mnist_pipeline.predict import (
-    as_model_images,
-    load_inputs,
-    open_input,
-    predict_to_csv,
-    write_predictions,
-)
+from mnist_pipeline.predict import open_input, predict_to_csv
 
 
 def digit() -> np.ndarray:
@@ -32,14 +26,39 @@ def digit() -> np.ndarray:
     return image
 
 
-def test_array_layouts_are_normalised():
-    images = np.stack([digit()] * 2)
-    np.testing.assert_array_equal(as_model_images(images.reshape(2, 784), "x"), images)
-    np.testing.assert_array_equal(as_model_images(images[..., None], "x"), images)
-    scaled = images.astype(np.float32) / 255
-    np.testing.assert_array_equal(as_model_images(scaled, "x"), images)
-    raw_float = images.astype(np.float64)
-    np.testing.assert_array_equal(as_model_images(raw_float, "x"), images)
+def predicted(tmp_path, path, preprocessing="mnist", chunk_size=2):
+    """What ``mnist-pipeline predict`` does with ``path`` (open it, stream it
+    through a model, write the CSV): the images the model saw, the CSV's rows
+    and the summary."""
+    seen = []
+
+    def model(images: np.ndarray) -> np.ndarray:
+        seen.append(images.copy())
+        return one_hot_of_first_pixel(images)
+
+    output = tmp_path / "out" / "predictions.csv"
+    summary = predict_to_csv(open_input(path, preprocessing), model, output, chunk_size)
+    rows = list(csv.reader(output.open()))
+    return np.concatenate(seen), rows, summary
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        lambda images: images.reshape(len(images), 784),
+        lambda images: images[..., None],
+        lambda images: images.astype(np.float32) / 255,
+        lambda images: images.astype(np.float64),
+    ],
+    ids=["flat", "channel", "float-0..1", "float-0..255"],
+)
+def test_array_layouts_and_scales_reach_the_model_as_uint8_images(tmp_path, stored):
+    images = np.stack([digit(), 255 - digit(), digit() // 2])
+    np.savez(tmp_path / "batch.npz", images=stored(images))
+    seen, rows, _ = predicted(tmp_path, tmp_path / "batch.npz")
+    assert seen.dtype == np.uint8
+    np.testing.assert_array_equal(seen, images)
+    assert [row[0] for row in rows[1:]] == ["0", "1", "2"]
 
 
 @pytest.mark.parametrize(
@@ -51,9 +70,10 @@ def test_array_layouts_are_normalised():
         (np.full((1, 28, 28), 400.0), "within"),
     ],
 )
-def test_bad_arrays_are_refused(array, message):
+def test_bad_arrays_are_refused(tmp_path, array, message):
+    np.savez(tmp_path / "input.npz", images=array)
     with pytest.raises(PredictionInputError, match=message):
-        as_model_images(array, "input.npz")
+        open_input(tmp_path / "input.npz")
 
 
 def test_the_folder_path_has_one_conversion_and_the_config_names_its_modes():
@@ -64,30 +84,38 @@ def test_the_folder_path_has_one_conversion_and_the_config_names_its_modes():
 
 
 def test_folder_of_images(tmp_path):
-    Image.fromarray(digit()).save(tmp_path / "b.png")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(digit()).save(photos / "b.png")
     Image.fromarray(255 - digit()).convert("RGB").resize((90, 90)).save(
-        tmp_path / "a.jpg"
+        photos / "a.jpg"
     )
-    (tmp_path / "notes.txt").write_text("not an image")
-    inputs = load_inputs(tmp_path)
-    assert inputs.ids == ["a.jpg", "b.png"]
-    assert inputs.id_column == "file"
-    assert inputs.images.shape == (2, 28, 28)
-    assert inputs.images[0, 14, 14] > 150 and inputs.images[0, 0, 0] < 40
+    (photos / "notes.txt").write_text("not an image")
+    seen, rows, summary = predicted(tmp_path, photos)
+    assert rows[0][0] == "file"
+    assert [row[0] for row in rows[1:]] == ["a.jpg", "b.png"]
+    assert seen.shape == (2, 28, 28) and summary.failed == 0
+    # Dark ink on light paper reaches the model as MNIST's light digit on black.
+    assert seen[0, 14, 14] > 150 and seen[0, 0, 0] < 40
 
 
-def test_folder_with_a_broken_image_names_it(tmp_path):
-    Image.fromarray(digit()).save(tmp_path / "good.png")
-    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(PredictionInputError, match="broken.png"):
-        load_inputs(tmp_path)
+def test_folder_with_a_broken_image_names_it_and_scores_the_rest(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(digit()).save(photos / "good.png")
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    _, rows, summary = predicted(tmp_path, photos)
+    assert [row[0] for row in rows[1:]] == ["good.png"]
+    errors = list(csv.DictReader(summary.errors_path.open()))
+    assert [e["file"] for e in errors] == ["broken.png"]
+    assert errors[0]["error"].startswith("UnidentifiedImageError")
 
 
 def test_empty_folder_and_missing_path(tmp_path):
     with pytest.raises(PredictionInputError, match="no .png or .jpg"):
-        load_inputs(tmp_path)
+        open_input(tmp_path)
     with pytest.raises(PredictionInputError, match="does not exist"):
-        load_inputs(tmp_path / "missing")
+        open_input(tmp_path / "missing")
 
 
 def test_npz_keys_and_pickle_refusal(tmp_path):
@@ -95,47 +123,38 @@ def test_npz_keys_and_pickle_refusal(tmp_path):
     np.savez(tmp_path / "named.npz", images=images, labels=np.arange(3))
     np.savez(tmp_path / "single.npz", whatever=images)
     np.savez(tmp_path / "keras.npz", x_train=images, x_test=images[:2])
-    assert load_inputs(tmp_path / "named.npz").ids == ["0", "1", "2"]
-    assert len(load_inputs(tmp_path / "single.npz").ids) == 3
-    assert len(load_inputs(tmp_path / "keras.npz").ids) == 2
+    _, rows, _ = predicted(tmp_path, tmp_path / "named.npz")
+    assert [row[0] for row in rows[1:]] == ["0", "1", "2"]
+    assert open_input(tmp_path / "single.npz").count == 3
+    assert open_input(tmp_path / "keras.npz").count == 2  # x_test, not x_train
     np.savez(tmp_path / "ambiguous.npz", a=images, b=images)
     with pytest.raises(PredictionInputError, match="expected one array"):
-        load_inputs(tmp_path / "ambiguous.npz")
+        open_input(tmp_path / "ambiguous.npz")
     np.savez(tmp_path / "pickled.npz", images=np.array([object()], dtype=object))
     with pytest.raises(PredictionInputError, match="pickle"):
-        load_inputs(tmp_path / "pickled.npz")
+        open_input(tmp_path / "pickled.npz")
 
 
 def test_idx_image_file(tmp_path):
     images = np.stack([digit()] * 4)
     path = tmp_path / "t10k-images-idx3-ubyte"
     path.write_bytes(struct.pack(">IIII", 0x0803, 4, 28, 28) + images.tobytes())
-    inputs = load_inputs(path)
-    assert inputs.id_column == "index"
-    np.testing.assert_array_equal(inputs.images, images)
+    seen, rows, _ = predicted(tmp_path, path)
+    assert rows[0][0] == "index"
+    np.testing.assert_array_equal(seen, images)
     path.write_bytes(struct.pack(">IIII", 0x0801, 4, 28, 28) + images.tobytes())
     with pytest.raises(PredictionInputError, match="magic number"):
-        load_inputs(path)
+        open_input(path)
 
 
 def test_csv_has_ids_class_and_ten_probabilities(tmp_path):
-    images = np.stack([digit()] * 2)
-    inputs = load_inputs_from(images)
-    probabilities = np.eye(10, dtype=np.float32)[[3, 7]]
-    path = write_predictions(
-        tmp_path / "out" / "predictions.csv", inputs, probabilities
-    )
-    rows = list(csv.reader(path.open()))
+    images = np.zeros((2, 28, 28), np.uint8)
+    images[:, 0, 0] = [3, 7]  # the stand-in model predicts the first pixel
+    np.savez(tmp_path / "batch.npz", images=images)
+    _, rows, _ = predicted(tmp_path, tmp_path / "batch.npz")
     assert rows[0] == ["index", "predicted_class"] + [f"prob_{c}" for c in range(10)]
     assert rows[1][:2] == ["0", "3"] and rows[2][:2] == ["1", "7"]
-    assert float(rows[2][2 + 7]) == 1.0
-
-
-def load_inputs_from(images: np.ndarray):
-    from mnist_pipeline.predict import PredictionInput
-
-    ids = [str(i) for i in range(len(images))]
-    return PredictionInput(images, ids, id_column="index", source="memory")
+    assert float(rows[2][2 + 7]) == 1.0 and float(rows[2][2 + 3]) == 0.0
 
 
 # -- reading in chunks and writing as it goes ------------------------------------
@@ -184,7 +203,7 @@ def test_float_pixels_are_scaled_by_the_whole_array_not_per_chunk(tmp_path):
     np.savez(tmp_path / "f.npz", images=images)
     read, _, _ = stitched(open_input(tmp_path / "f.npz"), 3)
     assert read[:3].max() == 1 and read[3:].min() == 200
-    np.testing.assert_array_equal(read, as_model_images(images, "whole"))
+    np.testing.assert_array_equal(read, images.astype(np.uint8))
 
 
 def test_out_of_range_values_anywhere_are_refused_before_reading(tmp_path):
