@@ -27,7 +27,9 @@ from tasks.caching import StageCache, StageSerializer
 def plot_data(ref: DatasetRef, workdir: str, seed: int) -> list[str]:
     """Write the data plots as PNGs and return their paths."""
     data = open_dataset(ref)
-    folder = Path(workdir) / "plots" / ref.digest
+    # One folder per cache key's data and seed: another seed's plots never
+    # overwrite the files a cached result points to.
+    folder = Path(workdir) / "plots" / ref.digest / f"seed-{seed}"
     figures = {
         "samples_per_class.png": plots.plot_samples(
             data.x_train, data.y_train, seed=seed

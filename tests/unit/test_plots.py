@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from matplotlib.image import imread
 
 from mnist_pipeline import plots
+from mnist_pipeline.data import save_dataset
+from tasks.plot import plot_data
 
 
 def drawn_pixels(ax) -> int:
@@ -92,3 +96,17 @@ def test_feature_maps_one_panel_per_channel(tmp_path):
         assert [t.get_text() for t in grid.texts] == [str(c) for c in range(channels)]
         png = imread(plots.save_figure(figure, tmp_path / f"maps{channels}.png"))
         assert png.shape[1] > 800  # every panel big enough to see
+
+
+def test_each_seed_keeps_its_own_plot_files(tiny_dataset, tmp_path):
+    """The plot cache keys on the seed: a cached result's files stay that seed's."""
+    ref = save_dataset(tiny_dataset, tmp_path / "datasets")
+    workdir = str(tmp_path / "outputs")
+    first = plot_data.fn(ref, workdir, seed=0)
+    drawn = {path: Path(path).read_bytes() for path in first}
+    second = plot_data.fn(ref, workdir, seed=1)
+    assert {path: Path(path).read_bytes() for path in first} == drawn
+    assert set(first).isdisjoint(second)
+    samples = {Path(p).name: Path(p).read_bytes() for p in second}
+    assert samples["samples_per_class.png"] != drawn[first[0]]
+    assert Path(first[0]).name == "samples_per_class.png"
