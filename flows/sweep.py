@@ -33,6 +33,7 @@ from mnist_pipeline.runtime import configure_flow_logs
 from mnist_pipeline.sweep import (
     TrialResult,
     best_trial,
+    local_cluster_kwargs,
     max_concurrency,
     sweep_identity,
 )
@@ -259,24 +260,12 @@ def _task_runner(config: SweepConfig) -> DaskTaskRunner:
     if config.dask_address:
         # Its workers report to the Prefect API in their own environment.
         return DaskTaskRunner(address=config.dask_address)
-    cores = len(os.sched_getaffinity(0))
-    workers = config.workers or cores
-    threads = str(max(1, cores // workers))
     return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": workers,
-            "threads_per_worker": 1,  # one trial at a time per worker process
-            "processes": True,
-            "dashboard_address": ":0",  # any free port, never a clash at :8787
-            "env": {
-                # The flow's own Prefect server, even a temporary one: without
-                # it every worker would start a temporary server of its own.
-                "PREFECT_API_URL": str(get_client(sync_client=True).api_url),
-                "DASK_LOGGING__DISTRIBUTED": "warning",
-                # The workers share the cores instead of each using them all.
-                "TF_NUM_INTRAOP_THREADS": threads,
-            },
-        }
+        cluster_kwargs=local_cluster_kwargs(
+            config.workers,
+            len(os.sched_getaffinity(0)),
+            str(get_client(sync_client=True).api_url),
+        )
     )
 
 

@@ -207,6 +207,34 @@ def format_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> s
     )
 
 
+def local_cluster_kwargs(
+    workers: int | None, cores: int, prefect_api_url: str
+) -> dict[str, object]:
+    """How the sweep starts its local Dask cluster (``LocalCluster`` arguments).
+
+    Args:
+        workers: worker processes (default: one per core).
+        cores: cores this process may use; the workers share them.
+        prefect_api_url: the flow's own Prefect server, even a temporary one:
+            without it every worker would start a temporary server of its own.
+    """
+    workers = workers or cores
+    return {
+        "n_workers": workers,
+        "threads_per_worker": 1,  # one trial at a time per worker process
+        "processes": True,
+        # Any free port (never a clash at :8787), on loopback only: the
+        # dashboard has no authentication (docs/security.md).
+        "dashboard_address": "127.0.0.1:0",
+        "env": {
+            "PREFECT_API_URL": prefect_api_url,
+            "DASK_LOGGING__DISTRIBUTED": "warning",
+            # The workers share the cores instead of each using them all.
+            "TF_NUM_INTRAOP_THREADS": str(max(1, cores // workers)),
+        },
+    }
+
+
 def check_scheduler(address: str, timeout: float = 10.0) -> None:
     """Fail fast, with advice, when no Dask scheduler listens at ``address``.
 

@@ -136,7 +136,7 @@ def dask_cluster(prefect_api_url):
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=":0",
+        dashboard_address="127.0.0.1:0",
         env={"PREFECT_API_URL": prefect_api_url},
     ) as cluster:
         yield cluster.scheduler_address

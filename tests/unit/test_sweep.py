@@ -23,6 +23,7 @@ from mnist_pipeline.sweep import (
     check_trial,
     format_table,
     load_grid,
+    local_cluster_kwargs,
     max_concurrency,
     sweep_identity,
     trial_rows,
@@ -181,3 +182,27 @@ def test_a_sweep_is_the_same_only_when_every_trial_trains_the_same():
     # setup are one training.
     (trial,) = plain.trials()
     assert trial.training_params(0.1, 0) in sweep_identity(plain)["trials"]
+
+
+def test_the_local_clusters_dashboard_listens_on_loopback_only():
+    from distributed import LocalCluster
+    from distributed.utils import get_ip
+
+    kwargs = local_cluster_kwargs(2, cores=4, prefect_api_url="http://127.0.0.1:1/api")
+    assert kwargs["n_workers"] == 2 and kwargs["env"]["TF_NUM_INTRAOP_THREADS"] == "2"
+    # The same settings in one process (threads, not worker processes): cheap.
+    threads = {k: v for k, v in kwargs.items() if k != "env"} | {
+        "n_workers": 1,
+        "processes": False,
+    }
+    with LocalCluster(**threads) as cluster:
+        server = cluster.scheduler.http_server
+        hosts = {s.getsockname()[0] for s in server._sockets.values()}
+        port = server.port
+    assert hosts == {"127.0.0.1"}
+    assert port != 8787
+    # Nothing answers on the machine's other addresses.
+    other = get_ip()
+    if other != "127.0.0.1":
+        with pytest.raises(OSError):
+            socket.create_connection((other, port), timeout=2).close()
