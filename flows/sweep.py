@@ -127,7 +127,9 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
                     )
 
             run_id = run.open()
-            log_params(run_id, _sweep_params(config) | {SWEEP_KEY_TAG: sweep_key})
+            applied = gate.threshold_params(training, data.name)
+            params = _sweep_params(config) | applied | {SWEEP_KEY_TAG: sweep_key}
+            log_params(run_id, params)
             log_dataset(run_id, data)
             cached(validate_data, cache)(data, training.min_class_share)
             prepared = cached(preprocess_data, cache)(

@@ -96,7 +96,8 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
                 return _already_trained(config, data, existing, key, experiment_id)
 
             run_id = run.open()
-            log_params(run_id, config.model_dump() | {TRAINING_KEY_TAG: key})
+            applied = gate.threshold_params(config, data.name)
+            log_params(run_id, config.model_dump() | applied | {TRAINING_KEY_TAG: key})
             log_dataset(run_id, data)
             cached(validate_data, cache)(data, config.min_class_share)
             data_plots = cached(plot_data, cache)(data, config.workdir, config.seed)

@@ -129,6 +129,15 @@ def thresholds_for(config: TrainConfig, dataset_name: str) -> Thresholds:
     )
 
 
+def threshold_params(config: TrainConfig, dataset_name: str) -> dict[str, float]:
+    """The gate's settings as a run's params: the values applied, the floor resolved.
+
+    A config that leaves ``min_accuracy`` unset gets the dataset's floor; the
+    params say that number, not ``None``.
+    """
+    return asdict(thresholds_for(config, dataset_name))
+
+
 def scores(probabilities: np.ndarray, labels: np.ndarray) -> Scores:
     """Correct count and worst class recall of predicted class probabilities."""
     predicted = probabilities.argmax(axis=1)

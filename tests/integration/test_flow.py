@@ -71,6 +71,7 @@ def test_flow_trains_tracks_and_registers(prefect_api_url, mlflow_store, tmp_pat
     assert run.info.status == "FINISHED"
     assert run.data.params["epochs"] == "1"
     assert run.data.params["batch_size"] == "400"
+    assert run.data.params["min_accuracy"] == "0.94"  # the floor the gate applied
     assert run.data.metrics["test_accuracy"] == pytest.approx(result.test_accuracy)
     for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
         assert [m.step for m in client.get_metric_history(result.run_id, name)] == [1]

@@ -20,6 +20,7 @@ from mnist_pipeline.gate import (
     score_tags,
     scores,
     shift,
+    threshold_params,
     thresholds_for,
 )
 
@@ -232,3 +233,18 @@ def test_each_threshold_set_in_the_config_rejects_a_candidate_missing_only_it(
 
 def test_every_threshold_is_in_the_table_above():
     assert set(TIGHTENED) == {f.name for f in fields(Thresholds)}
+
+
+def test_the_params_say_the_floor_the_gate_applied():
+    """A run's params log the accuracy floor the gate used, never ``None``."""
+    default = TrainConfig()
+    assert default.min_accuracy is None
+    sample = default.model_dump() | threshold_params(default, "mnist-sample")
+    assert sample["min_accuracy"] == 0.94
+    assert threshold_params(default, "mnist")["min_accuracy"] == 0.98
+    assert threshold_params(TrainConfig(min_accuracy=0.5), "mnist-sample") == {
+        "min_accuracy": 0.5,
+        "min_accuracy_gain": 0.0,
+        "max_recall_drop": 0.02,
+        "min_robust_accuracy": 0.80,
+    }
