@@ -1,26 +1,80 @@
-"""Operator flows on the registered model: promote a version, roll back.
+"""Operator flows on the registered model: promote a version, roll back, read the
+history of ``@champion``.
 
-Both hold the model's promotion lock, like the gate, so an operator's change
-never interleaves with a run's promotion.
+Promote and rollback hold the model's promotion lock, like the gate, so an
+operator's change never interleaves with a run's promotion, and each move is
+recorded in the alias's history (:mod:`mnist_pipeline.alias_history`) together
+with the move. All three are deployments in ``prefect.yaml``: the Prefect UI's
+Run button shows their config as a form. Each leaves a markdown artifact of
+what it did.
 """
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from datetime import UTC, datetime
 
-from mnist_pipeline import registry, tracking_store
-from mnist_pipeline.config import RegistryConfig
-from mnist_pipeline.errors import RegistryError
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from mnist_pipeline import alias_history, registry, tracking_store
+from mnist_pipeline.config import HistoryConfig, PromoteConfig, RollbackConfig
 from mnist_pipeline.runtime import configure_flow_logs
+from tasks.lineage import flow_run_label, operator_label
 from tasks.locking import promotion_lock
 
 
-@flow(name="mnist-promote")
-def promote_model(config: RegistryConfig) -> str | None:
-    """Make ``config.version`` the ``@champion``; return the version it replaced."""
+class AliasChange(BaseModel):
+    """What an operator's promote or rollback did to ``@champion``."""
+
+    model_name: str
+    previous: str | None
+    champion: str
+    moved: bool
+
+    def sentence(self) -> str:
+        """One line for the console and the artifact."""
+        if not self.moved:
+            return (
+                f"{self.model_name} @champion is version {self.champion} already; "
+                "nothing changed."
+            )
+        return (
+            f"{self.model_name} @champion: version {self.previous or 'none'} -> "
+            f"version {self.champion}"
+        )
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def _config(key: str = "config") -> dict:
+    return dict(flow_run.get_parameters().get(key) or {})
+
+
+def _promote_name() -> str:
+    config = _config()
+    name = config.get("model_name", "mnist-cnn")
+    return f"promote-{name}-v{config.get('version')}-{_stamp()}"
+
+
+def _rollback_name() -> str:
+    config = _config()
+    to = config.get("to")
+    target = f"to-v{to}" if to else "one-step"
+    return f"rollback-{config.get('model_name', 'mnist-cnn')}-{target}-{_stamp()}"
+
+
+def _history_name() -> str:
+    return f"history-{_config().get('model_name', 'mnist-cnn')}-{_stamp()}"
+
+
+@flow(name="mnist-promote", flow_run_name=_promote_name)
+def promote_model(config: PromoteConfig) -> AliasChange:
+    """Make ``config.version`` the ``@champion`` (recorded in the alias history)."""
     configure_flow_logs()
-    if config.version is None:
-        raise RegistryError("Promote needs a version (--version N).")
     client = tracking_store.connect()
     version = str(config.version)
     registry.check_version(client, config.model_name, version)
@@ -28,26 +82,82 @@ def promote_model(config: RegistryConfig) -> str | None:
         config.model_name, client.tracking_uri, config.promotion_timeout
     ):
         previous = registry.move_champion(
-            client, config.model_name, version, by="operator", reason=config.reason
+            client,
+            config.model_name,
+            version,
+            by="promote",
+            reason=config.reason,
+            who=operator_label(config.operator),
+            prefect_flow_run=flow_run_label(),
         )
-    get_run_logger().info(
-        "%s @champion: v%s -> v%s", config.model_name, previous, version
+    return _report(
+        AliasChange(
+            model_name=config.model_name,
+            previous=previous,
+            champion=version,
+            moved=previous != version,
+        ),
+        config.reason,
     )
-    return previous
 
 
-@flow(name="mnist-rollback")
-def rollback_model(config: RegistryConfig) -> tuple[str, str]:
-    """Move ``@champion`` back to the version the current champion replaced."""
+@flow(name="mnist-rollback", flow_run_name=_rollback_name)
+def rollback_model(config: RollbackConfig) -> AliasChange:
+    """Move ``@champion`` back one step, or to ``config.to`` (an earlier champion)."""
     configure_flow_logs()
     client = tracking_store.connect()
+    to = str(config.to) if config.to is not None else None
     with promotion_lock(
         config.model_name, client.tracking_uri, config.promotion_timeout
     ):
-        current, previous = registry.rollback_champion(
-            client, config.model_name, by="operator"
+        current, target = registry.rollback_target(client, config.model_name, to)
+        previous = registry.move_champion(
+            client,
+            config.model_name,
+            target,
+            by="rollback",
+            reason=config.reason,
+            who=operator_label(config.operator),
+            prefect_flow_run=flow_run_label(),
+            expected=current,
+            check_expected=True,
         )
-    get_run_logger().info(
-        "%s @champion rolled back: v%s -> v%s", config.model_name, current, previous
+    return _report(
+        AliasChange(
+            model_name=config.model_name,
+            previous=previous,
+            champion=target,
+            moved=previous != target,
+        ),
+        config.reason,
     )
-    return current, previous
+
+
+@flow(name="mnist-champion-history", flow_run_name=_history_name)
+def champion_history(config: HistoryConfig) -> list[alias_history.Move]:
+    """Every recorded move of ``@champion``, oldest first (newest N with a limit)."""
+    configure_flow_logs()
+    client = tracking_store.connect()
+    moves = alias_history.read_moves(client, config.model_name)
+    if config.limit is not None:
+        moves = moves[-config.limit :]
+    create_markdown_artifact(
+        alias_history.history_markdown(config.model_name, moves),
+        key="champion-history",
+        description=f"Moves of {config.model_name} @champion, newest first",
+    )
+    return moves
+
+
+def _report(change: AliasChange, reason: str) -> AliasChange:
+    get_run_logger().info("%s (%s)", change.sentence(), reason)
+    create_markdown_artifact(
+        f"# `{change.model_name}` `@champion`\n\n{change.sentence()}\n\n"
+        f"Reason: {reason}\n\n"
+        f"Every move: `mnist-pipeline history`, the `mnist-champion-history` "
+        f"deployment, or MLflow experiment "
+        f"`{alias_history.experiment_name(change.model_name)}`.",
+        key="champion-move",
+        description=change.sentence(),
+    )
+    return change

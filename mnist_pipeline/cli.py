@@ -19,9 +19,11 @@ import typer
 
 from mnist_pipeline.config import (
     SWEPT_FIELDS,
+    HistoryConfig,
     PredictConfig,
+    PromoteConfig,
     PruneConfig,
-    RegistryConfig,
+    RollbackConfig,
     ServeConfig,
     SweepConfig,
     TrainConfig,
@@ -305,34 +307,44 @@ def serve_model(ctx: typer.Context, **options: object) -> None:
 
 
 @app.command()
-@with_options([CONFIG_FILE], config_options(RegistryConfig))
+@with_options([CONFIG_FILE], config_options(PromoteConfig))
 def promote(ctx: typer.Context, **options: object) -> None:
-    """Make a registered version the @champion, bypassing the gate."""
-    config = _config(ctx, RegistryConfig, options)
-    if config.version is None:
-        _fail("Invalid option(s): --version: the version to promote is required.")
+    """Make a registered version the @champion, bypassing the gate (recorded)."""
+    config = _config(ctx, PromoteConfig, options)
     launch = _launch()
     from flows.registry import promote_model
 
-    previous = _run(launch, promote_model, config=config)
-    launch.report(
-        f"{config.model_name} @champion: version {previous} -> version {config.version}"
-    )
+    launch.report(_run(launch, promote_model, config=config).sentence())
 
 
 @app.command()
-@with_options(
-    [CONFIG_FILE], config_options(RegistryConfig, exclude=["version", "reason"])
-)
+@with_options([CONFIG_FILE], config_options(RollbackConfig))
 def rollback(ctx: typer.Context, **options: object) -> None:
-    """Move @champion back to the version the current champion replaced."""
-    config = _config(ctx, RegistryConfig, options)
+    """Move @champion back one step, or --to an earlier champion (recorded)."""
+    config = _config(ctx, RollbackConfig, options)
     launch = _launch()
     from flows.registry import rollback_model
 
-    current, previous = _run(launch, rollback_model, config=config)
+    launch.report(_run(launch, rollback_model, config=config).sentence())
+
+
+@app.command()
+@with_options([CONFIG_FILE], config_options(HistoryConfig))
+def history(ctx: typer.Context, **options: object) -> None:
+    """Print every move of @champion (when, from, to, by, who, why), newest first."""
+    config = _config(ctx, HistoryConfig, options)
+    launch = _launch()
+    from flows.registry import champion_history
+    from mnist_pipeline.alias_history import experiment_name, format_table
+
+    moves = _run(launch, champion_history, config=config)
+    if not moves:
+        launch.report(f"{config.model_name} @champion has never moved.")
+        return
     launch.report(
-        f"{config.model_name} @champion: version {current} -> version {previous}"
+        *format_table(moves),
+        f"{len(moves)} move(s); in the MLflow UI: experiment "
+        f"{experiment_name(config.model_name)}.",
     )
 
 

@@ -316,7 +316,20 @@ class ServeConfig(BaseModel):
     model_uri: str = Field(
         "models:/mnist-cnn@champion",
         min_length=1,
-        description="MLflow model URI; an alias is resolved once, at start",
+        description=(
+            "MLflow model URI; an alias (models:/name@alias) is followed (see "
+            "watch_interval), a version or a path is served as it is"
+        ),
+    )
+    watch_interval: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds between checks of the alias; a new version is loaded and "
+            "checked in the background, then swapped in (0: serve the version "
+            "the alias named at start)"
+        ),
     )
     host: str = Field("127.0.0.1", min_length=1, description="Address to listen on")
     port: int = Field(5001, ge=1, le=65535, description="TCP port to listen on")
@@ -355,6 +368,24 @@ class ServeConfig(BaseModel):
         5, ge=1, le=3600, description="Seconds an idle keep-alive connection stays"
     )
     access_log: bool = Field(True, description="Log one line per request")
+    max_image_pixels: int = Field(
+        12_000_000,
+        ge=1,
+        le=200_000_000,
+        description=(
+            "/predict-image: a larger picture (width x height) is refused (413) "
+            "from its header, undecoded"
+        ),
+    )
+    image_decodes: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description=(
+            "/predict-image, per worker: pictures decoded at once; more wait "
+            "(within request_timeout)"
+        ),
+    )
 
     def body_limit(self) -> int:
         """The largest request body accepted, in bytes."""
@@ -369,11 +400,49 @@ class RegistryConfig(BaseModel):
     model_name: str = Field(
         DEFAULT_MODEL_NAME, min_length=1, description="Registered model name"
     )
-    version: int | None = Field(
-        None, ge=1, description="Version to promote (promote only)"
+    reason: str = Field(
+        "operator request",
+        min_length=1,
+        max_length=2000,
+        description="Why: recorded in the alias history",
     )
-    reason: str = Field("operator request", description="Recorded in the tags")
+    operator: str = Field(
+        "",
+        max_length=200,
+        description="Who asks for the change, recorded in the history "
+        "(default: the user@host that runs it)",
+    )
     promotion_timeout: PromotionTimeout = DEFAULT_PROMOTION_TIMEOUT
+
+
+class PromoteConfig(RegistryConfig):
+    """Make a registered version the ``@champion``, bypassing the gate."""
+
+    version: int = Field(..., ge=1, description="Version to make @champion")
+
+
+class RollbackConfig(RegistryConfig):
+    """Move ``@champion`` back: one step, or to any earlier champion."""
+
+    to: int | None = Field(
+        None,
+        ge=1,
+        description="An earlier champion to go back to (default: the one before "
+        "the current champion)",
+    )
+
+
+class HistoryConfig(BaseModel):
+    """Read the history of the ``@champion`` alias."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_name: str = Field(
+        DEFAULT_MODEL_NAME, min_length=1, description="Registered model name"
+    )
+    limit: int | None = Field(
+        None, ge=1, description="Show only the newest N moves (default: all)"
+    )
 
 
 class PruneConfig(BaseModel):

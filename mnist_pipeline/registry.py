@@ -23,7 +23,7 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 
-from mnist_pipeline import runs, tracking_store
+from mnist_pipeline import alias_history, runs, tracking_store
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.gate import Scores, score_tags
@@ -182,72 +182,115 @@ def move_champion(
     *,
     by: str,
     reason: str,
+    who: str = "",
+    mlflow_run: str | None = None,
+    prefect_flow_run: str | None = None,
     expected: str | None = None,
     check_expected: bool = False,
 ) -> str | None:
-    """Make ``version`` the champion in one alias update; return the previous one.
+    """Make ``version`` the champion, with its record in the alias's history;
+    return the previous champion.
 
-    The champion is read again right before the move; with ``check_expected``
-    a champion other than ``expected`` raises :class:`ChampionMovedError` instead
-    of being replaced. The audit tags are written first, then the alias moves
-    in a single call, so a crash at any point leaves the registry with a champion.
+    Call it holding the promotion lock (``tasks.locking.promotion_lock``). The
+    champion is read again right before the move; with ``check_expected`` a
+    champion other than ``expected`` raises :class:`ChampionMovedError` instead
+    of being replaced. When ``version`` is the champion already nothing is
+    written (no record, no tag): the caller says so. Otherwise the record is
+    opened first, the alias moves in a single call, and the record is closed,
+    so a crash at any point leaves a champion and a record of every move.
     """
     previous = alias_version(client, name, CHAMPION)
     if check_expected and previous != expected:
         raise ChampionMovedError(expected, previous)
-    now = _now()
-    set_version_tags(
+    if previous == version:
+        return previous
+    mover = alias_history.Mover(by, reason, who, mlflow_run, prefect_flow_run)
+    alias_history.settle_open_records(client, name, previous)
+    record = alias_history.open_record(client, name, previous, version, mover)
+    try:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    except BaseException:
+        alias_history.close_record(client, record, moved=False)
+        raise
+    alias_history.close_record(client, record, moved=True)
+    _record_change(
         client,
         name,
-        version,
-        {
-            "champion.previous": previous or "",
-            "champion.promoted_at": now,
-            "champion.promoted_by": by,
-        },
+        f"{_now()} {by}: {_label(previous)} -> v{version} ({reason}); every move: "
+        f"experiment {alias_history.experiment_name(name)}",
     )
-    client.set_registered_model_alias(name, CHAMPION, version)
-    _record_change(client, name, f"{now} {by}: v{previous} -> v{version} ({reason})")
     return previous
 
 
-def rollback_champion(client: MlflowClient, name: str, *, by: str) -> tuple[str, str]:
-    """Move ``@champion`` back to the version it replaced.
+def rollback_target(
+    client: MlflowClient, name: str, to: str | None = None
+) -> tuple[str, str]:
+    """The champion now, and the version a rollback moves it to.
 
-    Returns:
-        ``(from_version, to_version)``.
+    Without ``to``: the champion before the current one (one step back through
+    the history, as a stack: rolling back twice goes two champions back). With
+    ``to``: that version, which must have been champion and still exist.
 
     Raises:
-        RegistryError: no champion, it replaced nothing, or that version is gone.
+        RegistryError: no champion; nothing to roll back to; ``to`` was never
+            champion or is gone.
     """
     current = alias_version(client, name, CHAMPION)
     if current is None:
         raise RegistryError(f"Model '{name}' has no @champion to roll back.")
-    previous = client.get_model_version(name, current).tags.get("champion.previous")
-    if not previous:
+    moves = alias_history.read_moves(client, name)
+    if to is None:
+        target = _previous_champion(client, name, moves, current)
+    elif (
+        to == current
+        or alias_history.was_champion(moves, to)
+        or _legacy_champion(client, name, to)
+    ):
+        target = to
+    else:
         raise RegistryError(
-            f"Model '{name}' @champion is version {current}, which replaced no earlier "
-            "champion; promote a version explicitly with --version instead."
+            f"Model '{name}' version {to} was never @champion; roll back only to an "
+            "earlier champion (`mnist-pipeline history` lists them), or promote it "
+            "with `mnist-pipeline promote --version N`."
         )
     try:
-        client.get_model_version(name, previous)
+        client.get_model_version(name, target)
     except MlflowException as exc:
         if not is_not_found(exc):
             raise
         raise RegistryError(
-            f"Model '{name}' @champion v{current} replaced v{previous}, which no "
-            "longer exists (deleted); promote a version explicitly with --version."
+            f"Model '{name}' @champion v{current} would roll back to v{target}, which "
+            "no longer exists (deleted); roll back to another with --to N "
+            "(`mnist-pipeline history` lists them)."
         ) from exc
-    now = _now()
-    set_version_tags(
-        client,
-        name,
-        current,
-        {"champion.rolled_back_at": now, "champion.rolled_back_by": by},
+    return current, target
+
+
+def _previous_champion(
+    client: MlflowClient, name: str, moves: list, current: str
+) -> str:
+    stack = alias_history.champion_stack(moves, current)
+    if len(stack) >= 2:
+        return stack[-2]
+    # A registry from before the history: the version tag the old moves wrote.
+    previous = client.get_model_version(name, current).tags.get("champion.previous")
+    if previous and previous != current:
+        return previous
+    raise RegistryError(
+        f"Model '{name}' @champion is version {current}, which replaced no earlier "
+        "champion; promote a version explicitly with --version instead."
     )
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    _record_change(client, name, f"{now} {by}: rollback v{current} -> v{previous}")
-    return current, previous
+
+
+def _legacy_champion(client: MlflowClient, name: str, version: str) -> bool:
+    """Whether a move from before the history made ``version`` the champion."""
+    try:
+        tags = client.get_model_version(name, version).tags
+    except MlflowException as exc:
+        if not is_not_found(exc):
+            raise
+        return False
+    return "champion.promoted_at" in tags
 
 
 def runs_to_keep(
@@ -332,7 +375,8 @@ def version_url(client: MlflowClient, name: str, version: str) -> str | None:
     uri = client.tracking_uri
     if not uri.startswith(("http://", "https://")):
         return None
-    return f"{redact_url(uri.rstrip('/'))}/#/models/{name}/versions/{version}"
+    base = redact_url(uri.rstrip("/"))
+    return f"{base}/#/models/{name}/versions/{version}?{runs.UI_MODE}"
 
 
 def _record_change(client: MlflowClient, name: str, change: str) -> None:

@@ -46,14 +46,15 @@ def flow_run_tags(entrypoint: str) -> dict[str, str]:
 
 
 def version_tags(lineage: dict[str, str]) -> dict[str, str]:
-    """The part of :func:`flow_run_tags` a model version keeps (filterable names)."""
-    keep = ("prefect.flow_run_id", "prefect.flow_run_url", "prefect.deployment")
+    """The part of :func:`flow_run_tags` a model version keeps as tags.
+
+    Only what people filter versions on: the code version (the training key's
+    code part) and the Prefect flow run's id. The rest (git commit, package,
+    lock digest, flow-run link, deployment) stays on the version's source run.
+    """
     return {
         "code_version": lineage["code.version"],
-        "git_commit": lineage["code.git_commit"],
-        "package_version": lineage["code.package_version"],
-        "lock_digest": lineage["code.lock_digest"],
-        **{name: lineage[name] for name in keep},
+        "prefect.flow_run_id": lineage["prefect.flow_run_id"],
     }
 
 
@@ -73,8 +74,34 @@ def run_name(prefix: str, data: str, details: str) -> str:
     return f"{prefix}-{label}-{details}-{stamp}"
 
 
+def model_label(uri: str) -> str:
+    """A model URI in a run name: ``champion`` (``models:/m@champion``), ``v3``
+    (``models:/m/3``), else its last part."""
+    ref = uri.rstrip("/").rsplit("/", 1)[-1]
+    if "@" in ref:
+        return ref.split("@", 1)[1]
+    return f"v{ref}" if ref.isdigit() else ref
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def flow_run_label() -> str | None:
+    """This Prefect flow run as the alias history names it: name, id, deployment."""
+    run_id = flow_run.get_id()
+    if run_id is None:
+        return None
+    label = f"{flow_run.get_name()} ({run_id})"
+    name = deployment.get_name()
+    return f"{label}, deployment {name}" if name else label
+
+
+def operator_label(operator: str) -> str:
+    """Who asked for an alias change: ``operator`` when given, else user@host."""
+    import socket
+
+    return operator or f"{_user()}@{socket.gethostname()}"

@@ -19,9 +19,11 @@ import flows.training  # noqa: F401
 from mnist_pipeline import cli
 from mnist_pipeline.config import (
     SWEPT_FIELDS,
+    HistoryConfig,
     PredictConfig,
+    PromoteConfig,
     PruneConfig,
-    RegistryConfig,
+    RollbackConfig,
     ServeConfig,
     SweepConfig,
     TrainConfig,
@@ -43,8 +45,9 @@ def _options(command: str) -> dict[str, object]:
         ("predict", [PredictConfig], ("drift",)),
         ("serve-model", [ServeConfig], ()),
         ("prune", [PruneConfig], ()),
-        ("promote", [RegistryConfig], ()),
-        ("rollback", [RegistryConfig], ("version", "reason")),
+        ("promote", [PromoteConfig], ()),
+        ("rollback", [RollbackConfig], ()),
+        ("history", [HistoryConfig], ()),
         ("sweep", [TrainConfig, SweepConfig], (*SWEPT_FIELDS, "grid", "training")),
     ],
 )

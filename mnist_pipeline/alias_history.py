@@ -1,0 +1,315 @@
+"""The history of ``@champion``: one MLflow run per move, in an experiment of its own.
+
+Every move of the alias (the gate, ``promote``, ``rollback``) is recorded as a run
+of the experiment ``<model>-champion-history`` (for example
+``mnist-cnn-champion-history``), so the MLflow UI lists the moves without this
+project's code: the run's name says ``#3 rollback: v2 -> v1``, its creation time
+says when, its tags say by what, who, why and from which MLflow and Prefect runs,
+and its description says it in a sentence. A year of nights and manual moves is a
+few hundred small runs: nothing grows without bound.
+
+A record is opened (RUNNING) before the alias moves and closed (FINISHED) after
+it, both under the promotion lock: there is never a move without a record. A
+record left RUNNING by a crash is settled by the next move, FINISHED when the
+alias did move to it and FAILED when it did not.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from mlflow.entities import Run, RunStatus, ViewType
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+from mnist_pipeline import tracking_store
+
+#: What can move the alias; ``rollback`` moves are undone by nothing but moves.
+KINDS = ("gate", "promote", "rollback")
+_FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+_RUNNING = RunStatus.to_string(RunStatus.RUNNING)
+_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Mover:
+    """What moves ``@champion`` and why: the provenance a record keeps.
+
+    Attributes:
+        by: ``gate``, ``promote`` or ``rollback`` (tests may use others).
+        reason: why, in the mover's words (the gate's verdict, the operator's).
+        who: the person or system; default ``user@host`` of this process.
+        mlflow_run: the MLflow run that asked for the move (the gate's run).
+        prefect_flow_run: the Prefect flow run that made it (name and id).
+    """
+
+    by: str
+    reason: str
+    who: str = ""
+    mlflow_run: str | None = None
+    prefect_flow_run: str | None = None
+
+    def person(self) -> str:
+        """``who``, or the user and host of this process."""
+        return self.who or f"{_user()}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class Move:
+    """One recorded move of ``@champion``."""
+
+    seq: int
+    at: str
+    from_version: str | None
+    to_version: str
+    by: str
+    who: str
+    reason: str
+    mlflow_run: str | None
+    prefect_flow_run: str | None
+    status: str
+    record_id: str
+
+    @property
+    def done(self) -> bool:
+        """Whether the alias did move (the record was closed after the move)."""
+        return self.status == _FINISHED
+
+
+def experiment_name(model_name: str) -> str:
+    """The experiment that holds the history of ``model_name``'s ``@champion``."""
+    return f"{model_name}-champion-history"
+
+
+def open_record(
+    client: MlflowClient,
+    model_name: str,
+    from_version: str | None,
+    to_version: str,
+    mover: Mover,
+) -> str:
+    """Record a move about to happen (RUNNING); return the record's run id."""
+    experiment_id = tracking_store.ensure_experiment(
+        client, experiment_name(model_name)
+    )
+    seq = _last_seq(client, experiment_id) + 1
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    tags = {
+        "move.model": model_name,
+        "move.seq": str(seq),
+        "move.at": at,
+        "move.from": from_version or "",
+        "move.to": to_version,
+        "move.by": mover.by,
+        "move.who": mover.person(),
+        "move.reason": mover.reason[:4000],
+        "move.mlflow_run": mover.mlflow_run or "",
+        "move.prefect_flow_run": mover.prefect_flow_run or "",
+    }
+    tags[MLFLOW_RUN_NOTE] = _description(
+        model_name, seq, at, from_version, to_version, mover
+    )
+    run = client.create_run(
+        experiment_id,
+        tags=tags,
+        run_name=_name(seq, mover.by, from_version, to_version),
+    )
+    return run.info.run_id
+
+
+def close_record(client: MlflowClient, record_id: str, moved: bool) -> None:
+    """Close a record: FINISHED when the alias moved, FAILED when it did not."""
+    client.set_terminated(record_id, "FINISHED" if moved else "FAILED")
+
+
+def settle_open_records(
+    client: MlflowClient, model_name: str, champion: str | None
+) -> None:
+    """Close the records a crash left open, by what the alias says now."""
+    experiment = client.get_experiment_by_name(experiment_name(model_name))
+    if experiment is None:
+        return
+    for run in _runs(
+        client, experiment.experiment_id, f"attributes.status = '{_RUNNING}'"
+    ):
+        close_record(client, run.info.run_id, run.data.tags.get("move.to") == champion)
+
+
+def read_moves(client: MlflowClient, model_name: str) -> list[Move]:
+    """Every recorded move of ``model_name``'s ``@champion``, oldest first."""
+    experiment = client.get_experiment_by_name(experiment_name(model_name))
+    if experiment is None:
+        return []
+    moves = [_move(run) for run in _runs(client, experiment.experiment_id, "")]
+    return sorted(moves, key=lambda move: move.seq)
+
+
+def champion_stack(moves: Iterable[Move], current: str | None) -> list[str]:
+    """The champions a rollback steps back through, the current one last.
+
+    A promotion (gate or ``promote``) pushes its version; a rollback pops back to
+    the version it moved to (or pushes it, when it rolled forward to a version
+    already rolled back from). A champion set outside this project (the alias
+    moved by hand) is taken as pushed on top.
+    """
+    stack: list[str] = []
+    for move in moves:
+        if move.done:
+            _step(stack, move.to_version, rollback=move.by == "rollback")
+    if current is not None and (not stack or stack[-1] != current):
+        _step(stack, current, rollback=True)
+    return stack
+
+
+def was_champion(moves: Iterable[Move], version: str) -> bool:
+    """Whether a recorded move made ``version`` the champion."""
+    return any(move.done and move.to_version == version for move in moves)
+
+
+def format_table(moves: Sequence[Move]) -> list[str]:
+    """The moves as a plain-text table, newest first."""
+    header = (
+        "#",
+        "when (UTC)",
+        "move",
+        "by",
+        "who",
+        "reason",
+        "MLflow run",
+        "Prefect flow run",
+    )
+    rows = [header] + [_row(move) for move in reversed(moves)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return [
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def history_markdown(model_name: str, moves: Sequence[Move]) -> str:
+    """The moves as a markdown table for a Prefect artifact, newest first."""
+    lines = [
+        f"# `{model_name}` `@champion` history",
+        "",
+        f"{len(moves)} move(s), newest first; in MLflow: experiment "
+        f"`{experiment_name(model_name)}`.",
+        "",
+        "| # | when (UTC) | move | by | who | reason | MLflow run | Prefect flow run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for move in reversed(moves):
+        cells = [cell.replace("|", "\\|") for cell in _row(move)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _row(move: Move) -> tuple[str, ...]:
+    change = f"{_label(move.from_version)} -> v{move.to_version}"
+    if not move.done:
+        change += " (did not move)" if move.status != _RUNNING else " (unconfirmed)"
+    return (
+        str(move.seq),
+        move.at.replace("T", " ").removesuffix("Z"),
+        change,
+        move.by,
+        move.who,
+        move.reason,
+        move.mlflow_run or "",
+        move.prefect_flow_run or "",
+    )
+
+
+def _step(stack: list[str], version: str, *, rollback: bool) -> None:
+    if rollback and version in stack:
+        del stack[len(stack) - stack[::-1].index(version) :]
+    elif not stack or stack[-1] != version:
+        stack.append(version)
+
+
+def _last_seq(client: MlflowClient, experiment_id: str) -> int:
+    found = client.search_runs(
+        [experiment_id],
+        run_view_type=ViewType.ALL,
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return int(found[0].data.tags.get("move.seq", "0")) if found else 0
+
+
+def _runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string,
+            run_view_type=ViewType.ALL,
+            max_results=_PAGE,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _move(run: Run) -> Move:
+    tags = run.data.tags
+    return Move(
+        seq=int(tags.get("move.seq", "0")),
+        at=tags.get("move.at", ""),
+        from_version=tags.get("move.from") or None,
+        to_version=tags.get("move.to", ""),
+        by=tags.get("move.by", ""),
+        who=tags.get("move.who", ""),
+        reason=tags.get("move.reason", ""),
+        mlflow_run=tags.get("move.mlflow_run") or None,
+        prefect_flow_run=tags.get("move.prefect_flow_run") or None,
+        status=run.info.status,
+        record_id=run.info.run_id,
+    )
+
+
+def _name(seq: int, by: str, from_version: str | None, to_version: str) -> str:
+    return f"#{seq} {by}: {_label(from_version)} -> v{to_version}"
+
+
+def _description(
+    model_name: str,
+    seq: int,
+    at: str,
+    from_version: str | None,
+    to_version: str,
+    mover: Mover,
+) -> str:
+    # Backticks: MLflow renders a bare @name as a link to github.com/name.
+    sources = [
+        f"MLflow run `{mover.mlflow_run}`" if mover.mlflow_run else "",
+        f"Prefect flow run `{mover.prefect_flow_run}`"
+        if mover.prefect_flow_run
+        else "",
+    ]
+    made = " and ".join(source for source in sources if source)
+    return (
+        f"Move #{seq} of `{model_name}` `@champion`, {at}: "
+        f"{_label(from_version)} -> v{to_version}, by {mover.by} "
+        f"({mover.person()}). Reason: {mover.reason}"
+        + (f". Made by {made}." if made else ".")
+    )
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _label(version: str | None) -> str:
+    return f"v{version}" if version else "none"
