@@ -12,8 +12,10 @@ models: plain JSON, never pickle.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -21,6 +23,9 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from mnist_pipeline.config import DriftConfig
+
+if TYPE_CHECKING:  # the caller's client: drift itself imports no MLflow
+    from mlflow import MlflowClient
 
 #: Features of each image, in the order reports list them.
 IMAGE_FEATURES = (
@@ -186,6 +191,23 @@ def reference_profile(
         seed: which images the sample keeps.
     """
     return _profile(images, probabilities, max_values=max_values, seed=seed)
+
+
+def reference_profile_json(
+    client: MlflowClient, model_name: str, version: str
+) -> str | None:
+    """The reference profile (JSON) logged with a version's run; None without one.
+
+    Versions registered before drift monitoring have none: the run's
+    ``reference/`` folder is listed first, so only absence means None.
+    """
+    run_id = client.get_model_version(model_name, version).run_id
+    logged = {a.path for a in client.list_artifacts(run_id, "reference")}
+    if "reference/profile.json" not in logged:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(run_id, "reference/profile.json", folder)
+        return Path(path).read_text()
 
 
 def batch_profile(images: np.ndarray, probabilities: np.ndarray) -> Profile:

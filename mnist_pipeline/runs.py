@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,7 +21,6 @@ from mlflow.entities import (
     InputTag,
     Metric,
     Param,
-    Run,
     RunStatus,
     RunTag,
 )
@@ -32,7 +30,6 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mnist_pipeline import tracking_store
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.redact import redact_text, redact_url
-from mnist_pipeline.sweep import TRIAL_TAG
 
 log = logging.getLogger(__name__)
 #: Keras's names for the training metrics, and theirs in MLflow.
@@ -224,83 +221,3 @@ def nested_run(
     tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
     with tracked_run(client, experiment_id, run_name, tags) as run_id:
         yield run_id
-
-
-def child_runs(
-    client: MlflowClient, experiment_id: str, parent_run_id: str
-) -> dict[int, Run]:
-    """The trial runs under ``parent_run_id``, by trial index."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
-        max_results=10000,
-    )
-    return {
-        int(run.data.tags[TRIAL_TAG]): run
-        for run in runs
-        if run.data.tags.get(TRIAL_TAG, "").isdigit()
-    }
-
-
-def fail_child_run(
-    client: MlflowClient,
-    experiment_id: str,
-    parent_run_id: str,
-    run_name: str,
-    tags: Mapping[str, str],
-    reason: str,
-) -> Run:
-    """Leave a failed trial's run FAILED with its reason; create it if it is missing.
-
-    A trial whose worker died never closed (or never opened) its own run.
-    """
-    index = int(tags[TRIAL_TAG])
-    run = child_runs(client, experiment_id, parent_run_id).get(index)
-    if run is None:
-        tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
-        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
-    if run.info.status in ("RUNNING", "SCHEDULED"):
-        client.set_tag(run.info.run_id, "failure_reason", redact_text(reason)[:4000])
-        client.set_terminated(run.info.run_id, "FAILED")
-    return client.get_run(run.info.run_id)
-
-
-def log_sweep(
-    client: MlflowClient,
-    run_id: str,
-    rows: list[dict[str, object]],
-    tags: Mapping[str, str],
-    metrics: Mapping[str, float],
-) -> None:
-    """The trials table (``sweep/trials.json``), and the sweep's tags and metrics."""
-    client.log_table(run_id, pd.DataFrame(rows), "sweep/trials.json")
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    log_metrics(client, run_id, metrics)
-
-
-def log_sweep_outcome(
-    client: MlflowClient,
-    run_id: str,
-    tags: Mapping[str, str],
-    metrics: Mapping[str, float],
-) -> None:
-    """Tags and metrics saying what became of a sweep's best trial."""
-    client.log_batch(run_id, tags=[RunTag(k, redact_text(v)) for k, v in tags.items()])
-    log_metrics(client, run_id, metrics)
-
-
-def reference_profile_json(
-    client: MlflowClient, model_name: str, version: str
-) -> str | None:
-    """The reference profile (JSON) logged with a version's run; None without one.
-
-    Versions registered before drift monitoring have none: the run's
-    ``reference/`` folder is listed first, so only absence means None.
-    """
-    run_id = client.get_model_version(model_name, version).run_id
-    logged = {a.path for a in client.list_artifacts(run_id, "reference")}
-    if "reference/profile.json" not in logged:
-        return None
-    with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(run_id, "reference/profile.json", folder)
-        return Path(path).read_text()

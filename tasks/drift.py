@@ -7,8 +7,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import Event, emit_event
 
-from mnist_pipeline import runs, tracking_store
-from mnist_pipeline.drift import DriftReport, Profile, drift_event
+from mnist_pipeline import tracking_store
+from mnist_pipeline.drift import (
+    DriftReport,
+    Profile,
+    drift_event,
+    reference_profile_json,
+)
 from mnist_pipeline.report import drift_markdown
 from tasks.track import MLFLOW_RETRY
 
@@ -70,9 +75,7 @@ def load_reference(model_name: str | None, model_version: str | None) -> Profile
             "The model is not a registered version: predicting without drift figures"
         )
         return None
-    text = runs.reference_profile_json(
-        tracking_store.client(), model_name, model_version
-    )
+    text = reference_profile_json(tracking_store.client(), model_name, model_version)
     if text is None:
         get_run_logger().info(
             "%s v%s has no reference profile (registered before drift monitoring): "

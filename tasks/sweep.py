@@ -14,7 +14,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mnist_pipeline import runs, tracking_store
+from mnist_pipeline import runs, sweep_runs, tracking_store
 from mnist_pipeline.callbacks import EpochMetrics
 from mnist_pipeline.config import TrialParams
 from mnist_pipeline.errors import SweepError
@@ -108,7 +108,7 @@ def record_failed_trial(
     parent_run_id: str,
 ) -> TrialResult:
     """Make sure a failed trial's run is FAILED with the reason; describe it."""
-    run = runs.fail_child_run(
+    run = sweep_runs.fail_child_run(
         tracking_store.client(),
         experiment_id,
         parent_run_id,
@@ -137,7 +137,7 @@ def record_trials(
     """The trials table in the parent MLflow run and as a Prefect table artifact."""
     rows = trial_rows(results, best_index)
     tags, metrics = trials_summary(results, best_index)
-    runs.log_sweep(tracking_store.client(), run_id, rows, tags, metrics)
+    sweep_runs.log_sweep(tracking_store.client(), run_id, rows, tags, metrics)
     create_table_artifact(
         rows,
         key="sweep-trials",
@@ -148,7 +148,7 @@ def record_trials(
 @task(name="record-outcome", **MLFLOW_RETRY)
 def record_outcome(run_id: str, test_accuracy: float, version: str, gate: str) -> None:
     """What became of the best trial, on the parent run."""
-    runs.log_sweep_outcome(
+    sweep_runs.log_sweep_outcome(
         tracking_store.client(),
         run_id,
         tags={"sweep.registered_version": version, "sweep.gate": gate},

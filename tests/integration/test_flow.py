@@ -12,10 +12,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.training import mnist_training
-from mnist_pipeline import runs, tracking_store
+from mnist_pipeline import tracking_store
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import load_sample
-from mnist_pipeline.drift import Profile
+from mnist_pipeline.drift import Profile, reference_profile_json
 from mnist_pipeline.errors import DataValidationError
 from mnist_pipeline.serving import as_model_input
 
@@ -91,7 +91,7 @@ def test_flow_trains_tracks_and_registers(prefect_api_url, mlflow_store, tmp_pat
     # Found from the version: the reference profile its batches are compared
     # with (JSON, the test split's 200 images and the model's outputs on them).
     profile = Profile.model_validate_json(
-        runs.reference_profile_json(client, "mnist-cnn", "1")
+        reference_profile_json(client, "mnist-cnn", "1")
     )
     assert profile.images == 200 and len(profile.features["confidence"]) == 200
     served = mlflow.pyfunc.load_model("models:/mnist-cnn/1")

@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.sweep import mnist_sweep
-from mnist_pipeline import registry, runs, tracking_store
+from mnist_pipeline import registry, sweep_runs, tracking_store
 from mnist_pipeline.config import SweepConfig, SweepGrid, TrainConfig
 from mnist_pipeline.errors import SweepError
 from mnist_pipeline.sweep import max_concurrency
@@ -80,7 +80,7 @@ def test_four_trials_run_in_parallel_and_only_the_best_is_registered(
     client = tracking_store.connect()
     parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED"
-    children = runs.child_runs(client, result.experiment_id, result.run_id)
+    children = sweep_runs.child_runs(client, result.experiment_id, result.run_id)
     assert sorted(children) == [0, 1, 2, 3]
     assert all(r.info.status == "FINISHED" for r in children.values())
     assert {r.data.params["batch_size"] for r in children.values()} == {"64", "100"}
@@ -155,7 +155,7 @@ def test_a_failing_trial_is_reported_and_the_others_go_on(
     assert ok.status == "FINISHED" and failed.status == "FAILED"
     assert "Batch size 1000 is larger than the 270 training images" in failed.error
     client = tracking_store.connect()
-    children = runs.child_runs(client, result.experiment_id, result.run_id)
+    children = sweep_runs.child_runs(client, result.experiment_id, result.run_id)
     assert children[1].info.status == "FAILED"
     assert "Batch size 1000" in children[1].data.tags["failure_reason"]
     assert children[0].info.status == "FINISHED"

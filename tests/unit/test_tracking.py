@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mnist_pipeline import packaging, runs, tracking_store
+from mnist_pipeline import packaging, runs, sweep_runs, tracking_store
 from mnist_pipeline.callbacks import EpochMetrics
 from mnist_pipeline.data import save_dataset
 from mnist_pipeline.model import build_model
@@ -173,7 +173,7 @@ def test_trial_runs_nest_under_their_parent(run_id):
     run = client.get_run(child)
     assert run.data.tags["mlflow.parentRunId"] == run_id
     assert run.info.status == "FINISHED"
-    assert set(runs.child_runs(client, experiment, run_id)) == {0}
+    assert set(sweep_runs.child_runs(client, experiment, run_id)) == {0}
 
 
 def test_a_failed_trial_gets_a_failed_run_even_when_its_worker_died(run_id):
@@ -186,7 +186,7 @@ def test_a_failed_trial_gets_a_failed_run_even_when_its_worker_died(run_id):
         tags={"mlflow.parentRunId": run_id, TRIAL_TAG: "1"},
     ).info.run_id
     for index in (1, 2):
-        run = runs.fail_child_run(
+        run = sweep_runs.fail_child_run(
             client,
             experiment,
             run_id,
@@ -197,7 +197,7 @@ def test_a_failed_trial_gets_a_failed_run_even_when_its_worker_died(run_id):
         assert run.info.status == "FAILED"
         assert run.data.tags["failure_reason"] == "KilledWorker: worker died"
         assert run.data.tags["mlflow.parentRunId"] == run_id
-    children = runs.child_runs(client, experiment, run_id)
+    children = sweep_runs.child_runs(client, experiment, run_id)
     assert children[1].info.run_id == opened
     assert set(children) == {1, 2}
 
