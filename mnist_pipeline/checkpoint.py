@@ -28,6 +28,7 @@ from mnist_pipeline.files import atomic_write, exclusive_lock
 
 log = logging.getLogger(__name__)
 
+Logger = logging.Logger | logging.LoggerAdapter
 History = dict[str, list[float]]
 #: A fit from ``initial_epoch`` with these callbacks first: the model, its history.
 Fit = Callable[[list[keras.callbacks.Callback], int], tuple[keras.Model, History]]
@@ -117,18 +118,37 @@ class CheckpointFolder:
             lambda p: p.write_text(json.dumps({"run_id": run_id})),
         )
 
-    def backed_up_epoch(self) -> int:
-        """How many epochs the backup holds (0 when there is none)."""
-        path = self.folder / BACKUP_FOLDER / BACKUP_METADATA
-        return int(json.loads(path.read_text())["epoch"]) if path.exists() else 0
+    def backed_up_epoch(self) -> int | None:
+        """How many epochs the backup holds (0 when there is none).
 
-    def start(self, run_id: str) -> Resume:
+        None when its metadata cannot be read: Keras writes that file in place,
+        so a kill can cut it short.
+        """
+        path = self.folder / BACKUP_FOLDER / BACKUP_METADATA
+        if not path.exists():
+            return 0
+        try:
+            return int(json.loads(path.read_text())["epoch"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def start(self, run_id: str, logger: Logger = log) -> Resume:
         """Claim the folder for ``run_id``; say where its fit starts.
 
         The history is cut to the backed-up epochs (later records belong to an
-        epoch the backup did not keep).
+        epoch the backup did not keep). A backup whose metadata is unreadable
+        is no checkpoint: it is cleared, with a warning, and the fit starts at
+        the first epoch.
         """
         epoch = self.backed_up_epoch()
+        if epoch is None:
+            logger.warning(
+                "The checkpoint's %s is unreadable (cut short by a kill?); "
+                "training from the first epoch.",
+                self.folder / BACKUP_FOLDER / BACKUP_METADATA,
+            )
+            self.clear()
+            epoch = 0
         interrupted = self.previous_owner() if epoch else None
         path = self.folder / HISTORY_FILE
         previous = [e for e in load_history(path) if e["epoch"] <= epoch]
@@ -269,7 +289,7 @@ def fit_resumably(
     run_id: str,
     fit: Fit,
     *,
-    logger: logging.Logger | logging.LoggerAdapter = log,
+    logger: Logger = log,
     on_resume: Callable[[Resume], None] = lambda resume: None,
 ) -> tuple[keras.Model, History]:
     """Run ``fit`` from the checkpoint in ``folder``; clear it once the fit is done.
@@ -293,7 +313,7 @@ def fit_resumably(
                 "without a resumable checkpoint."
             )
             return fit([], 0)
-        resume = checkpoint.start(run_id)
+        resume = checkpoint.start(run_id, logger)
         model, history = fit(resume.callbacks, resume.initial_epoch)
         if resume.resumed:
             on_resume(resume)

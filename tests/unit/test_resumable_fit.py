@@ -93,3 +93,26 @@ def test_a_folder_held_by_another_run_trains_without_a_checkpoint(tmp_path, capl
     # The other run's checkpoint is left as it was.
     assert json.loads((folder / "run.json").read_text()) == {"run_id": "live-run"}
     assert (folder / "backup" / "training_metadata.json").exists()
+
+
+def test_a_checkpoint_cut_by_a_kill_is_no_checkpoint_with_one_warning(tmp_path, caplog):
+    folder = tmp_path / "ck"
+    _interrupted(folder, owner="killed-run", epochs=2)
+    metadata = folder / "backup" / "training_metadata.json"
+    metadata.write_text('{"epo')  # the kill came while Keras wrote it
+    seen = []
+
+    def fit(callbacks, initial_epoch):
+        # Keras's BackupAndRestore reads the file too: it must be gone by now.
+        seen.append((initial_epoch, metadata.exists()))
+        return "model", {"loss": [0.9, 0.4]}
+
+    with caplog.at_level(logging.WARNING):
+        _, history = fit_resumably(
+            folder, "run-2", fit, logger=logging.getLogger("test")
+        )
+    assert seen == [(0, False)]
+    assert history == {"loss": [0.9, 0.4]}  # no epochs of the killed run
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(metadata) in warnings[0], warnings
+    assert sorted(p.name for p in folder.iterdir()) == ["lock"]
