@@ -153,7 +153,7 @@ def scores(probabilities: np.ndarray, labels: np.ndarray) -> Scores:
     )
 
 
-def check_candidate(
+def measure_candidate(
     in_memory: Predict,
     served: Predict,
     images: np.ndarray,

@@ -139,7 +139,7 @@ def check_candidate(
     images, labels = _test_split(ref)
     model = keras.saving.load_model(keras_path)
     served = packaging.load_pyfunc(f"models:/{model_name}/{version}")
-    return gate.check_candidate(
+    return gate.measure_candidate(
         in_memory=lambda x: predict_probabilities(model, scale_images(x)),
         served=lambda x: served.predict(as_model_input(x)),
         images=images,

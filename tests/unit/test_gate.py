@@ -12,9 +12,9 @@ from mnist_pipeline.gate import (
     CandidateChecks,
     Scores,
     Thresholds,
-    check_candidate,
     decide,
     default_min_accuracy,
+    measure_candidate,
     perturbations,
     recorded_scores,
     score_tags,
@@ -130,7 +130,7 @@ def test_all_failures_are_reported_together():
     assert len(decision.reasons) == 5
 
 
-def test_check_candidate_scores_perturbations_and_the_served_copy():
+def test_measure_candidate_scores_perturbations_and_the_served_copy():
     images, labels = make_images(30, seed=3)
 
     def bars(x):  # "predicts" the class from the rows of the bright bar
@@ -139,7 +139,7 @@ def test_check_candidate_scores_perturbations_and_the_served_copy():
         classes = np.clip(np.rint((centre - 3) / 2), 0, 9).astype(int)
         return np.eye(10, dtype=np.float32)[classes]
 
-    exact = check_candidate(bars, bars, images, labels, seed=0)
+    exact = measure_candidate(bars, bars, images, labels, seed=0)
     assert exact.serving_difference == 0.0 and exact.serving_agreement == 1.0
     assert set(exact.robust_accuracy) == {
         "shift_left",
@@ -150,7 +150,7 @@ def test_check_candidate_scores_perturbations_and_the_served_copy():
     }
     assert exact.robust_accuracy["shift_left"] == 1.0  # the bar stays in its rows
     assert exact.robust_accuracy["shift_down"] < 0.5  # rows do
-    flipped = check_candidate(bars, lambda x: bars(x)[:, ::-1], images, labels, 0)
+    flipped = measure_candidate(bars, lambda x: bars(x)[:, ::-1], images, labels, 0)
     assert flipped.serving_difference == 1.0 and flipped.serving_agreement < 0.2
 
 
