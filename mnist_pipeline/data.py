@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import importlib.util
 import logging
+import math
 import os
 import struct
 import time
@@ -340,7 +341,8 @@ def read_idx(path: Path, expected_rank: int | None = None) -> np.ndarray:
         raise DataLoadError(f"{path} ends inside its header (truncated).")
     dims = struct.unpack(f">{rank}I", raw[4:header])
     dtype = _IDX_DTYPES[raw[2]]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a forged header's dimensions can overflow int64 to 0.
+    expected = math.prod(dims) * dtype.itemsize
     if len(raw) - header != expected:
         raise DataLoadError(
             f"{path} header declares shape {tuple(dims)} ({expected} bytes of data) "

@@ -158,6 +158,15 @@ def test_idx_truncated_payload_is_reported(tmp_path, tiny_dataset):
         read_idx(path, expected_rank=3)
 
 
+def test_idx_dimensions_beyond_int64_are_reported(tmp_path):
+    # 2**22 * 2**21 * 2**21 = 2**64 images' bytes: 0 when counted in int64.
+    path = tmp_path / "images-idx3-ubyte"
+    path.write_bytes(struct.pack(">4I", 0x0803, 2**22, 2**21, 2**21))
+    assert path.stat().st_size == 16
+    with pytest.raises(DataLoadError, match=r"declares shape \(4194304, 2097152"):
+        read_idx(path, expected_rank=3)
+
+
 def test_corrupted_gzip_is_reported(tmp_path, tiny_dataset):
     path = write_idx(tmp_path / "images-idx3-ubyte.gz", tiny_dataset.x_train)
     raw = bytearray(path.read_bytes())
