@@ -40,6 +40,10 @@ class TrackingUnavailableError(PipelineError):
     """The MLflow tracking server cannot be reached."""
 
 
+class ExperimentDeletedError(PipelineError):
+    """The configured MLflow experiment was deleted; MLflow keeps its name."""
+
+
 class DistributeConfigError(PipelineError):
     """``TF_CONFIG`` does not describe a usable cluster."""
 

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, ErrorCode
 
-from mnist_pipeline.errors import TrackingUnavailableError
+from mnist_pipeline.errors import ExperimentDeletedError, TrackingUnavailableError
 from mnist_pipeline.files import database_lock, sqlite_file
 from mnist_pipeline.redact import redact_url
 
@@ -100,8 +100,22 @@ def client() -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, creating it (race-safely) when missing."""
+    """The id of experiment ``name``, creating it (race-safely) when missing.
+
+    Raises:
+        ExperimentDeletedError: ``name`` is a deleted experiment's: MLflow
+            neither records runs in it nor creates another of that name.
+    """
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        number = experiment.experiment_id
+        raise ExperimentDeletedError(
+            f"The MLflow experiment {name!r} (id {number}) was deleted, and MLflow "
+            "records no runs in a deleted experiment nor creates another of its "
+            "name. Restore it with `mlflow experiments restore --experiment-id "
+            f"{number}` (MLFLOW_TRACKING_URI set to this store), or choose another "
+            "name with --experiment."
+        )
     if experiment is not None:
         return experiment.experiment_id
     try:

@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from mnist_pipeline import packaging, runs, sweep_runs, tracking_store
 from mnist_pipeline.callbacks import EpochMetrics
 from mnist_pipeline.data import save_dataset
+from mnist_pipeline.errors import ExperimentDeletedError
 from mnist_pipeline.model import build_model
 from mnist_pipeline.preprocess import scale_images
 from mnist_pipeline.serving import as_model_input
@@ -39,6 +40,21 @@ def test_failed_block_marks_the_run_failed_with_reason(mlflow_store):
     run = client.get_run(rid)
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == "RuntimeError: disk full"
+
+
+def test_a_deleted_experiment_of_the_name_is_one_paragraph_on_how_to_restore(
+    mlflow_store,
+):
+    client = tracking_store.connect()
+    deleted = client.create_experiment("mnist")
+    client.delete_experiment(deleted)
+    with pytest.raises(ExperimentDeletedError) as info:
+        tracking_store.ensure_experiment(client, "mnist")
+    message = str(info.value)
+    assert f"mlflow experiments restore --experiment-id {deleted}" in message
+    assert "--experiment" in message and "\n" not in message
+    client.restore_experiment(deleted)
+    assert tracking_store.ensure_experiment(client, "mnist") == deleted
 
 
 def test_epoch_metrics_become_histories(run_id):
