@@ -1,7 +1,7 @@
 """The training flow: the reference notebook as a Prefect + MLflow recipe.
 
-Run it with ``mnist-pipeline train`` or ``python -m flows.training``; deploy it
-from its entrypoint ``flows/training.py:mnist_training``.
+Run it with ``mnist-pipeline train``; deploy it from its entrypoint
+``flows/training.py:mnist_training``.
 """
 
 # No ``from __future__ import annotations`` here: ``flow.serve`` pickles the flow

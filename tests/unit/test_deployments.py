@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,16 @@ def test_flow_runs_get_the_cli_environment_defaults(deployment):
         if not k.startswith("PREFECT_SERVER")
     }
     assert deployment["work_pool"]["job_variables"]["env"] == expected
+
+
+def test_the_commands_a_flow_module_documents_exist():
+    """A command in a flow's docstring runs something: no dead instructions."""
+    commands = set(get_command(app).commands)
+    for path in sorted((REPO / "flows").glob("*.py")):
+        source = path.read_text()
+        for name in re.findall(r"python -m flows\.(\w+)", source):
+            assert name == path.stem and 'if __name__ == "__main__":' in source, (
+                f"{path.name} documents `python -m flows.{name}`, which runs nothing"
+            )
+        for command in re.findall(r"``mnist-pipeline ([a-z-]+)", source):
+            assert command in commands, f"{path.name}: mnist-pipeline {command}"
