@@ -24,9 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from deployments import nightly
+from mnist_pipeline import alias_history, registry
 
 from .conftest import REPO, run_cli
 from .servers import (
@@ -412,3 +414,110 @@ def _mlflow(servers: Servers, method: str, path: str, **kwargs) -> dict:
     )
     response.raise_for_status()
     return response.json()
+
+
+def test_rollback_run_from_the_deployment_moves_the_alias_and_serving_follows(
+    servers, deployed
+):
+    name = "mnist-ops"
+    client = _register_untrained(servers, name, versions=2)
+    registry.move_champion(client, name, "1", by="gate", reason="first")
+    registry.move_champion(client, name, "2", by="gate", reason="second")
+
+    rollback = _prefect(servers, "GET", "deployments/name/mnist-rollback/rollback")
+    # The UI's Run button shows this schema as a form.
+    form = rollback["parameter_openapi_schema"]["definitions"]["RollbackConfig"]
+    assert {"model_name", "to", "reason", "operator"} <= set(form["properties"])
+    promote = _prefect(servers, "GET", "deployments/name/mnist-promote/promote")
+    assert (
+        "version"
+        in promote["parameter_openapi_schema"]["definitions"]["PromoteConfig"][
+            "required"
+        ]
+    )
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "mnist_pipeline.cli", "serve-model"]
+    command += ["--model-uri", f"models:/{name}@champion", "--port", str(port)]
+    command += ["--workers", "1", "--watch-interval", "1"]
+    log = servers.root / "serve-follow.log"
+    env = servers.client_env()
+    with background(command, cwd=servers.root, env=env, log=log) as server:
+        wait_for(
+            lambda: _served_version(url) == "2",
+            timeout=SERVER_START_S,
+            what="serve-model serving v2",
+            process=server,
+            log=log,
+        )
+        # What the UI's "Run" does: a flow run of the deployment with the form's
+        # values, picked up by the pool's worker.
+        parameters = {"model_name": name, "reason": "bad release", "operator": "ops"}
+        flow_run = _prefect(
+            servers,
+            "POST",
+            f"deployments/{rollback['id']}/create_flow_run",
+            json={"parameters": {"config": parameters}},
+        )
+        with worker(servers) as (process, worker_log):
+            finished = _wait_finished(servers, flow_run["id"], process, worker_log)
+        assert finished["state_type"] == "COMPLETED", finished["state"]
+        assert finished["name"].startswith(f"rollback-{name}-one-step-")
+        assert registry.alias_version(client, name, registry.CHAMPION) == "1"
+        moved = _artifacts_by_key(servers, flow_run["id"])["champion-move"]
+        assert f"{name} @champion: version 2 -> version 1" in moved["data"]
+
+        # The running server follows the move; its answers name the version.
+        wait_for(
+            lambda: _served_version(url) == "1",
+            timeout=60,
+            what="serve-model following the rollback to v1",
+            process=server,
+            log=log,
+        )
+        answer = httpx.post(
+            f"{url}/invocations",
+            json={"inputs": np.zeros((1, 28, 28)).tolist()},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Model-Version"] == "1"
+
+    last = alias_history.read_moves(client, name)[-1]
+    assert (last.by, last.from_version, last.to_version) == ("rollback", "2", "1")
+    assert (last.who, last.reason) == ("ops", "bad release")
+    assert flow_run["id"] in last.prefect_flow_run
+    assert "deployment rollback" in last.prefect_flow_run
+
+
+def _served_version(url: str) -> str | None:
+    try:
+        response = httpx.get(f"{url}/model-status", timeout=5)
+    except httpx.HTTPError:
+        return None
+    return response.json().get("served_version") if response.is_success else None
+
+
+def _register_untrained(servers: Servers, name: str, versions: int):
+    """``versions`` versions of an untrained model in the MLflow server."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mnist_pipeline import packaging, runs, tracking_store
+    from mnist_pipeline.model import build_model
+
+    client = MlflowClient(servers.mlflow_uri)
+    path = servers.root / "untrained.keras"
+    build_model().save(path)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(servers.mlflow_uri)  # log_model's client follows it
+    try:
+        experiment = tracking_store.ensure_experiment(client, "operations")
+        for _ in range(versions):
+            with runs.tracked_run(client, experiment, None, {}) as run_id:
+                example = np.zeros((1, 28, 28), np.uint8)
+                packaging.log_model(run_id, path, name, example, {})
+    finally:
+        mlflow.set_tracking_uri(before)
+    return client
