@@ -15,14 +15,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_pipeline.config import SweepConfig, TrainConfig
+from mnist_pipeline.config import (
+    HistoryConfig,
+    PromoteConfig,
+    RollbackConfig,
+    SweepConfig,
+    TrainConfig,
+)
 from mnist_pipeline.runtime import ENVIRONMENT_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[2]
 FLOWS = {
     "nightly": ("mnist-training", TrainConfig),
     "weekly-sweep": ("mnist-sweep", SweepConfig),
+    "rollback": ("mnist-rollback", RollbackConfig),
+    "promote": ("mnist-promote", PromoteConfig),
+    "history": ("mnist-champion-history", HistoryConfig),
 }
+#: Deployments whose every run must give its own config (no default).
+NO_DEFAULT_CONFIG = {"promote"}
 # The variables of the work pool's base job template (deployments/kubernetes.py).
 KUBERNETES_VARIABLES = set(
     json.loads((REPO / "deployments/kubernetes-job-template.json").read_text())[
@@ -49,8 +60,11 @@ def test_each_deployment_runs_its_flow_with_a_valid_config(project, name):
     (deployment,) = [d for d in project["deployments"] if d["name"] == name]
     flow_name, config_type = FLOWS[name]
     assert _flow(deployment["entrypoint"]).name == flow_name
-    config = config_type(**deployment["parameters"]["config"])
-    assert config is not None
+    if name in NO_DEFAULT_CONFIG:
+        assert "parameters" not in deployment
+    else:
+        config = config_type(**deployment["parameters"]["config"])
+        assert config is not None
     assert deployment["work_pool"]["name"] == "mnist-k8s"
 
 
