@@ -12,7 +12,7 @@ import signal
 from collections.abc import Callable
 
 from mnist_pipeline.prefect_server import TemporaryServer
-from mnist_pipeline.runtime import configure_environment
+from mnist_pipeline.runtime import configure_environment, quiet_tensorflow_import
 
 
 class Launch:
@@ -24,6 +24,7 @@ class Launch:
 
     def __init__(self, echo: Callable[[str], None]) -> None:
         configure_environment()
+        quiet_tensorflow_import()
         exit_cleanly_on_sigterm()
         defer_garbage_collection()
         self._server = TemporaryServer.for_this_process()

@@ -1,14 +1,18 @@
-"""Process set-up of the entry points: the filters on flow logs."""
+"""Process set-up of the entry points: the filters on flow logs, a quiet start."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
+from mnist_pipeline import runtime
 from mnist_pipeline.errors import DataLoadError
-from mnist_pipeline.runtime import configure_flow_logs
+from mnist_pipeline.runtime import NATIVE_BANNER, configure_flow_logs
 
 
 class _Records(logging.Handler):
@@ -61,3 +65,32 @@ def test_configuring_twice_adds_each_filter_once():
     configure_flow_logs()
     filters = logging.getLogger("tensorflow").filters
     assert len([f for f in filters if type(f).__name__ == "_DropRetracingNotice"]) == 1
+
+
+def test_tensorflow_loads_without_its_native_banner():
+    # The banner comes from C++ on file descriptor 2, twice per process.
+    code = (
+        "from mnist_pipeline.runtime import quiet_tensorflow_import\n"
+        "quiet_tensorflow_import()\n"
+        "import keras\n"
+        "print(int(keras.ops.add(1, 2)))\n"
+    )
+    env = os.environ | {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "3"
+    for line in NATIVE_BANNER:
+        assert line not in done.stderr
+
+
+def test_other_lines_written_while_filtered_still_reach_stderr(capfd):
+    with runtime._filtered_stderr(NATIVE_BANNER):
+        os.write(2, b"oneDNN custom operations are on. noise\n")
+        os.write(2, b"E0000 a real error\n")
+    assert capfd.readouterr().err == "E0000 a real error\n"
