@@ -19,7 +19,7 @@ from mnist_pipeline import gate, registry
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.redact import redact_text
-from mnist_pipeline.report import gate_sentence
+from mnist_pipeline.report import code_aliases, dataset_line, gate_sentence
 
 #: How often the comparison is redone when ``@champion`` moves under it.
 MAX_COMPARISONS = 3
@@ -151,22 +151,43 @@ def compare_and_promote(
 def gate_record(
     outcome: GateOutcome, candidate: gate.Scores, ref: DatasetRef
 ) -> GateRecord:
-    """The verdict's tags, figures, full record and the version's description."""
+    """The verdict's tags, full record and the version's description.
+
+    The version keeps as tags only what is filtered on and read back (decision,
+    reason, the champion compared with); the test-split sentence is in the
+    description and, with every check's figures, in ``gate/decision.json``.
+    No metrics: a one-bar chart per figure buried the training curves.
+    """
     decision = outcome.decision
     return GateRecord(
         tags={
             "gate.decision": "promoted" if decision.promote else "rejected",
             "gate.compared_with": _label(outcome.compared_with),
             "gate.reason": outcome.verdict,
-            "gate.test_split": outcome.lineage,
         },
-        metrics={f"gate_{name}": value for name, value in decision.figures.items()},
+        metrics={},
         record=decision.as_dict()
         | {"compared_with": outcome.compared_with, "lineage": outcome.lineage},
-        description=(
-            f"Trained on {ref.name} (dataset {ref.digest}); test accuracy "
-            f"{candidate.describe()}. Gate: {outcome.verdict}."
-        ),
+        description=version_description(outcome, candidate, ref),
+    )
+
+
+def version_description(
+    outcome: GateOutcome, candidate: gate.Scores, ref: DatasetRef
+) -> str:
+    """What a version is and the gate's verdict, as the version page shows it."""
+    compared = (
+        f"Compared with v{outcome.compared_with}: {outcome.lineage}."
+        if outcome.compared_with
+        else "No champion to compare with."
+    )
+    return code_aliases(
+        f"**Gate: {outcome.verdict}.** Test accuracy {candidate.describe()}. "
+        f"{compared}\n\n"
+        f"Trained on {dataset_line(ref.name, ref.digest, ref.split_digests)}. "
+        "Every check's figures: the source run's `gate/decision.json`; its code "
+        "(git commit, package, lock file) and Prefect flow run: the source run's "
+        "tags."
     )
 
 

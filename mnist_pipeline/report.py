@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ def summary_markdown(
     metrics: Mapping[str, float],
     dataset: str,
     digest: str,
+    split_digests: Mapping[str, str],
     model_name: str,
     version: str,
     version_url: str | None,
@@ -32,7 +34,7 @@ def summary_markdown(
             ("Test accuracy", f"**{metrics['test_accuracy']:.4f}**"),
             ("Test loss", f"{metrics['test_loss']:.4f}"),
             ("Worst class recall", f"{metrics['test_min_class_recall']:.4f}"),
-            ("Dataset", f"{dataset} (digest `{digest}`)"),
+            ("Dataset", dataset_line(dataset, digest, split_digests)),
             ("Registered model", _version(model_name, version, version_url)),
             ("Promotion gate", gate),
             ("MLflow run", _link(run_id, run_url)),
@@ -52,7 +54,11 @@ def existing_markdown(
     training_key: str,
     gate: str,
 ) -> str:
-    """The page of a run that found its training already registered."""
+    """The page of a run that found its training already registered.
+
+    ``gate`` is the holding version's verdict as :func:`held_verdict` words it:
+    this run decided nothing.
+    """
     digest = tags.get("dataset_digest", "?")
     return _table(
         "# MNIST training run: nothing to train",
@@ -64,7 +70,7 @@ def existing_markdown(
                 "trained or registered.",
             ),
             ("Test accuracy", f"**{tags.get('test_accuracy', '?')}**"),
-            ("Dataset", f"{tags.get('dataset', '?')} (digest `{digest}`)"),
+            ("Dataset", f"{tags.get('dataset', '?')}: dataset digest `{digest}`"),
             ("Promotion gate", gate),
             ("MLflow run that trained it", _link(run_id or "?", run_url)),
             ("Training key", f"`{training_key}`"),
@@ -79,8 +85,37 @@ def _table(title: str, rows: Sequence[tuple[str, str]]) -> str:
 
 
 def _version(model_name: str, version: str, url: str | None) -> str:
-    text = f"`{model_name}` version **{version}**"
-    return f"[{text}]({url})" if url else f"{text} (`models:/{model_name}/{version}`)"
+    # Prefect renders no code or bold inside link text: plain words in a link.
+    if url:
+        return f"[{model_name} version {version}]({url})"
+    return f"`{model_name}` version **{version}** (`models:/{model_name}/{version}`)"
+
+
+def dataset_line(name: str, digest: str, split_digests: Mapping[str, str]) -> str:
+    """A dataset's digests, each named for what it covers.
+
+    The dataset digest covers both splits; MLflow's dataset inputs
+    (``<name>-train``, ``<name>-test``) carry the split digests.
+    """
+    splits = ", ".join(f"{s} split `{d}`" for s, d in split_digests.items())
+    return f"{name}: dataset digest `{digest}` ({splits})"
+
+
+def held_verdict(version: str, run_id: str | None, day: str, verdict: str) -> str:
+    """The recorded verdict of the version holding a training, saying whose it is."""
+    run = f"run {run_id[:8]}, " if run_id else ""
+    return f"v{version}'s gate ({run}{day}): {verdict}"
+
+
+def nothing_trained(version: str, gate: str) -> str:
+    """The gate line of a run that found its training registered as ``version``."""
+    return f"nothing trained; v{version} holds this training; {gate}"
+
+
+def code_aliases(text: str) -> str:
+    """``@champion``/``@challenger`` as code: MLflow's pages link a bare ``@name``
+    to github.com/name."""
+    return re.sub(r"(?<!`)@(champion|challenger)\b(?!`)", r"`@\1`", text)
 
 
 def _link(text: str, url: str | None) -> str:
@@ -185,6 +220,41 @@ def drift_markdown(report: DriftReport, model_name: str, version: str) -> str:
         f"out of distribution beyond the reference's {t.ood_quantile:g} quantiles.",
     ]
     return "\n".join(lines)
+
+
+def prediction_note(
+    drift: DriftReport | None,
+    *,
+    images: int,
+    failed: int,
+    source: str,
+    model: str,
+    output: str,
+) -> tuple[str, str]:
+    """A prediction run's drift verdict (a tag's value) and its page's description."""
+    if drift is None:
+        verdict, words = (
+            "unchecked",
+            "not checked (the version has no reference profile)",
+        )
+    elif drift.drift_detected:
+        verdict = "drift"
+        names = ", ".join(f"`{n}`" for n in drift.drifting)
+        words = f"**drift detected** in {names}"
+    else:
+        verdict, words = "none", "**no drift**"
+    ood = (
+        f" {drift.ood_images} image(s) ({drift.ood_share:.1%}) out of distribution."
+        if drift is not None
+        else ""
+    )
+    skipped = f"; {failed} file(s) unreadable, skipped" if failed else ""
+    note = code_aliases(
+        f"Predicted {images} image(s) of `{source}` with {model}{skipped}. "
+        f"Input drift: {words}.{ood}\n\nPredictions: `{output}`; per-feature "
+        "figures: the `drift_*` metrics and `drift/`."
+    )
+    return verdict, note
 
 
 def _figure(value: float | None, spec: str) -> str:

@@ -6,6 +6,7 @@ it is correct from any thread (MLflow's fluent "active run" is thread-local).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -25,13 +26,16 @@ from mlflow.entities import (
     RunTag,
 )
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from mnist_pipeline import tracking_store
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
+#: Opens MLflow's UI in its "Model training" mode (its default is "GenAI",
+#: whose pages hide runs' metrics and the model registry).
+UI_MODE = "workflowType=machine_learning"
 #: Keras's names for the training metrics, and theirs in MLflow.
 METRIC_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy"}
 
@@ -177,6 +181,52 @@ def log_datasets(client: MlflowClient, run_id: str, ref: DatasetRef) -> None:
     )
 
 
+def log_prediction_input(
+    client: MlflowClient, run_id: str, path: Path, images: int
+) -> None:
+    """Record a prediction run's input as an MLflow dataset input.
+
+    Its digest covers the input's bytes (every file of a folder, with its name).
+    """
+    entity = DatasetEntity(
+        name=path.name or str(path),
+        digest=input_digest(path),
+        source_type="local",
+        source=json.dumps({"uri": str(path.resolve())}),
+        profile=json.dumps({"num_rows": images}),
+    )
+    context = InputTag("mlflow.data.context", "prediction")
+    tracking_store.write_past_concurrent_inserts(
+        lambda: client.log_inputs(
+            run_id, datasets=[DatasetInput(entity, tags=[context])]
+        )
+    )
+
+
+def input_digest(path: Path) -> str:
+    """16 hex digits of SHA-256 over a file's bytes, or a folder's files and names."""
+    sha = hashlib.sha256()
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    )
+    for file in files:
+        sha.update(
+            f"{file.relative_to(path) if path.is_dir() else file.name};".encode()
+        )
+        with file.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+def describe_run(
+    client: MlflowClient, run_id: str, note: str, tags: Mapping[str, str]
+) -> None:
+    """Set the run's description (the first thing its page shows) and tags."""
+    items = {MLFLOW_RUN_NOTE: note, **tags}
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in items.items()])
+
+
 def log_files(
     client: MlflowClient, run_id: str, paths: Iterable[Path], folder: str
 ) -> None:
@@ -206,7 +256,7 @@ def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None
     if not uri.startswith(("http://", "https://")):
         return None
     base = redact_url(uri.rstrip("/"))
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_MODE}"
 
 
 @contextmanager

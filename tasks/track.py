@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -66,6 +67,8 @@ class ExistingVersion(BaseModel):
     run_id: str | None
     tags: dict[str, str]
     url: str | None
+    #: The day it was registered (UTC), when its gate ran.
+    registered_on: str = "?"
 
 
 @task(name="log-params", **MLFLOW_RETRY)
@@ -110,7 +113,14 @@ def find_training(
         run_id=version.run_id,
         tags=dict(version.tags),
         url=registry.version_url(client, model_name, str(version.version)),
+        registered_on=_day(version.creation_timestamp),
     )
+
+
+def _day(milliseconds: int | None) -> str:
+    if milliseconds is None:
+        return "?"
+    return datetime.fromtimestamp(milliseconds / 1000, UTC).strftime("%Y-%m-%d")
 
 
 @task(name="register", **MLFLOW_RETRY | {"timeout_seconds": REGISTER_TIMEOUT})

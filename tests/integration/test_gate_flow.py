@@ -38,8 +38,12 @@ def test_first_passing_model_is_promoted_then_a_failing_one_is_not(
     assert tags["gate.decision"] == "promoted"
     assert tags["gate.compared_with"] == "none"
     assert tags["test_correct"].endswith("/200")
-    assert version.description.startswith("Trained on mnist-sample-subset400+200")
-    assert "Gate: promoted to @champion" in version.description
+    assert version.description.startswith(
+        "**Gate: promoted to `@champion` (first champion; every check passed).**"
+    )
+    assert "Trained on mnist-sample-subset400+200: dataset digest" in (
+        version.description
+    )
     decision = mlflow.artifacts.load_dict(f"runs:/{first.run_id}/gate/decision.json")
     assert decision["promote"] and decision["compared_with"] is None
     assert {c["name"] for c in decision["checks"]} == {
@@ -47,8 +51,10 @@ def test_first_passing_model_is_promoted_then_a_failing_one_is_not(
         "robustness",
         "serving_smoke_test",
     }
+    assert decision["figures"]["serving_max_difference"] <= 1e-4
+    # The figures live in decision.json, not as one-bar charts before the curves.
     run = client.get_run(first.run_id)
-    assert run.data.metrics["gate_serving_max_difference"] <= 1e-4
+    assert not [m for m in run.data.metrics if m.startswith("gate_")]
 
     # Another seed (another training), held to an impossible floor.
     strict = small_config(tmp_path, seed=1, min_accuracy=1.0, min_robust_accuracy=0.0)
@@ -61,10 +67,15 @@ def test_first_passing_model_is_promoted_then_a_failing_one_is_not(
     assert tags["gate.compared_with"] == "v1"
     assert "required 1.0000" in tags["gate.reason"]
     # Same data: the champion's recorded scores on the same test split were used.
-    assert tags["gate.test_split"].startswith("same test split as v1")
+    description = client.get_model_version("mnist-cnn", "2").description
+    assert "Compared with v1: same test split as v1" in description
+    assert description.startswith("**Gate: kept as `@challenger`: ")
     run = client.get_run(second.run_id)
     assert run.data.tags["gate.decision"] == "rejected"
-    assert "gate_champion_accuracy" in run.data.metrics
+    second_decision = mlflow.artifacts.load_dict(
+        f"runs:/{second.run_id}/gate/decision.json"
+    )
+    assert "champion_accuracy" in second_decision["figures"]
 
     markdown = asyncio.run(_gate_artifact(run.data.tags["prefect.flow_run_id"]))
     assert "**rejected**" in markdown and "| accuracy_floor | **FAIL**" in markdown
@@ -78,12 +89,12 @@ def test_a_champion_tested_on_other_images_is_scored_again(
     mnist_training(small_config(tmp_path, **lenient))
     other = mnist_training(small_config(tmp_path, test_limit=100, **lenient))
     client = tracking_store.connect()
-    tags = client.get_model_version("mnist-cnn", other.version).tags
-    assert tags["gate.compared_with"] == "v1"
-    lineage = tags["gate.test_split"]
-    assert lineage.startswith("v1 was tested on ")
-    assert "re-scored on this run's test split" in lineage
-    run = client.get_run(other.run_id)
-    figures = run.data.metrics
+    version = client.get_model_version("mnist-cnn", other.version)
+    assert version.tags["gate.compared_with"] == "v1"
+    assert "Compared with v1: v1 was tested on " in version.description
+    assert "re-scored on this run's test split" in version.description
+    decision = mlflow.artifacts.load_dict(f"runs:/{other.run_id}/gate/decision.json")
+    assert decision["lineage"].startswith("v1 was tested on ")
+    figures = {f"gate_{k}": v for k, v in decision["figures"].items()}
     # Scored again on 100 images: a multiple of 1/100, not v1's /200 figure.
     assert round(figures["gate_champion_accuracy"] * 100, 6).is_integer()

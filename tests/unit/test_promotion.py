@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from mnist_pipeline import promotion, registry
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.gate import CandidateChecks, Scores, Thresholds, score_tags
+from mnist_pipeline.report import code_aliases
 
 from ..conftest import SAMPLE_REF
 
@@ -229,14 +230,16 @@ def test_the_record_holds_the_verdict_figures_and_a_description(client, model, r
         "gate.decision": "promoted",
         "gate.compared_with": f"v{old}",
         "gate.reason": outcome.verdict,
-        "gate.test_split": f"same test split as v{old} (t3st)",
     }
-    assert record.metrics["gate_candidate_accuracy"] == 0.95
-    assert record.metrics["gate_champion_accuracy"] == 0.94
+    # The figures are in the record (gate/decision.json), not one-bar metrics.
+    assert record.metrics == {}
+    assert record.record["figures"]["candidate_accuracy"] == 0.95
+    assert record.record["figures"]["champion_accuracy"] == 0.94
     assert record.record["compared_with"] == old and record.record["promote"]
-    assert record.description == (
-        "Trained on mnist-sample (dataset d1g3st); test accuracy 0.9500 (95/100). "
-        f"Gate: {outcome.verdict}."
+    assert record.record["lineage"] == f"same test split as v{old} (t3st)"
+    assert record.description.startswith(
+        f"**Gate: {code_aliases(outcome.verdict)}.** Test accuracy 0.9500 (95/100). "
+        f"Compared with v{old}: same test split as v{old} (t3st)."
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_pipeline import runs, tracking_store
+from mnist_pipeline import registry, runs, tracking_store
 from mnist_pipeline.redact import redact_text, redact_url
 
 
@@ -46,7 +46,15 @@ def test_params_and_run_links_are_redacted(mlflow_store):
         tracking_uri = "https://admin:pw@mlflow.example"
 
     link = runs.run_url(Remote(), "1", "abc")
-    assert link == "https://admin:REDACTED@mlflow.example/#/experiments/1/runs/abc"
+    assert link == (
+        "https://admin:REDACTED@mlflow.example/#/experiments/1/runs/abc"
+        "?workflowType=machine_learning"
+    )
+    version = registry.version_url(Remote(), "mnist-cnn", "3")
+    assert version == (
+        "https://admin:REDACTED@mlflow.example/#/models/mnist-cnn/versions/3"
+        "?workflowType=machine_learning"
+    )
 
 
 def test_failure_reason_is_redacted(mlflow_store):
