@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from mnist_pipeline import registry, runs, tracking_store
 from mnist_pipeline.config import PredictConfig
+from mnist_pipeline.redact import redact_url
 from mnist_pipeline.runtime import configure_flow_logs
 from tasks.drift import load_reference, report_drift
 from tasks.predict import log_predictions, predict_images
@@ -44,9 +45,9 @@ def mnist_predict(config: PredictConfig) -> PredictionResult:
     tags = {
         "prefect.flow_run_id": str(flow_run.get_id()),
         "prefect.flow_run_name": str(flow_run.get_name()),
-        "model_uri": config.model_uri,
+        "model_uri": redact_url(config.model_uri),
         "model_version": f"{model_name}/{version}" if version else "unregistered",
-        "model_uri_loaded": pinned,
+        "model_uri_loaded": redact_url(pinned),
     }
     with runs.tracked_run(client, experiment_id, flow_run.get_name(), tags) as run_id:
         log_params(run_id, config.model_dump() | {"model_version": version})
@@ -66,7 +67,7 @@ def mnist_predict(config: PredictConfig) -> PredictionResult:
     drift = outcome.drift
     return PredictionResult(
         run_id=run_id,
-        model_uri=config.model_uri,
+        model_uri=redact_url(config.model_uri),
         model_version=version,
         images=int(outcome.metrics["images"]),
         failed=int(outcome.metrics["failed_images"]),

@@ -15,6 +15,7 @@ from mnist_pipeline.config import DriftConfig
 from mnist_pipeline.drift import BatchMonitor, DriftReport, Profile
 from mnist_pipeline.photos import Normalisation
 from mnist_pipeline.predict import BatchSummary, open_input, predict_to_csv
+from mnist_pipeline.redact import redact_url
 from mnist_pipeline.serving import as_model_input
 from tasks.track import MLFLOW_RETRY
 
@@ -80,7 +81,10 @@ def predict_images(
     monitor = BatchMonitor(reference, thresholds) if reference is not None else None
     logger = get_run_logger()
     logger.info(
-        "Predicting %d image(s) of %s with %s", source.count, input_path, model_uri
+        "Predicting %d image(s) of %s with %s",
+        source.count,
+        input_path,
+        redact_url(model_uri),
     )
     summary = predict_to_csv(
         source,

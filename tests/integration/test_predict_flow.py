@@ -8,8 +8,11 @@ input order.
 from __future__ import annotations
 
 import csv
+import logging
+import shutil
 import struct
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from mnist_pipeline.config import PredictConfig
 from mnist_pipeline.serving import as_model_input
 
 from .conftest import run_cli
+from .servers import mlflow_server
 
 N = 30
 CHUNK = 7
@@ -246,3 +250,39 @@ def test_a_version_without_reference_profile_still_predicts(
     run = client.get_run(result.run_id)
     assert "drift_detected" not in run.data.metrics
     assert client.list_artifacts(result.run_id, "drift") == []
+
+
+def test_credentials_in_the_model_uri_reach_no_tag_param_or_log_line(
+    trained_registry, prefect_api_url, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_registry.uri)
+    client = tracking_store.connect()
+    stored = urlsplit(client.get_model_version_download_uri("mnist-cnn", "1")).path
+    shutil.copytree(stored, tmp_path / "artifacts" / "cnn")
+    batch = tmp_path / "batch.npz"
+    np.savez(batch, images=trained_registry.sample.x_test[:N])
+    with mlflow_server(tmp_path, artifacts=tmp_path / "artifacts") as server:
+        # The model from an artifact server, by a URL with a password in it.
+        address = urlsplit(server).netloc
+        path = "api/2.0/mlflow-artifacts/artifacts/cnn"
+        config = PredictConfig(
+            model_uri=f"http://reader:s3cret@{address}/{path}",
+            input=str(batch),
+            output=str(tmp_path / "out.csv"),
+        )
+        with caplog.at_level(logging.INFO):
+            result = mnist_predict(config)
+
+    assert result.images == N
+    masked = f"http://reader:REDACTED@{address}/{path}"
+    run = client.get_run(result.run_id)
+    assert run.data.tags["model_uri"] == run.data.tags["model_uri_loaded"] == masked
+    assert run.data.params["model_uri"] == result.model_uri == masked
+    assert any(masked in r.getMessage() for r in caplog.records)  # says which model
+    shown = [
+        *run.data.tags.values(),
+        *run.data.params.values(),
+        run.info.run_name,
+        *(r.getMessage() for r in caplog.records),
+    ]
+    assert [text for text in shown if "s3cret" in text] == []
