@@ -106,7 +106,7 @@ def rollback_model(config: RollbackConfig) -> AliasChange:
     """Move ``@champion`` back one step, or to ``config.to`` (an earlier champion)."""
     configure_flow_logs()
     client = tracking_store.connect()
-    to = str(config.to) if config.to is not None else None
+    to = str(config.to) if config.to else None
     with promotion_lock(
         config.model_name, client.tracking_uri, config.promotion_timeout
     ):

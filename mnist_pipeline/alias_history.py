@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.entities import Run, RunStatus, ViewType
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE, MLFLOW_USER
 
 from mnist_pipeline import tracking_store
+from mnist_pipeline.report import code_aliases
 
 #: What can move the alias; ``rollback`` moves are undone by nothing but moves.
 KINDS = ("gate", "promote", "rollback")
@@ -102,14 +103,17 @@ def open_record(
         "move.model": model_name,
         "move.seq": str(seq),
         "move.at": at,
-        "move.from": from_version or "",
+        "move.from": from_version or "none",
         "move.to": to_version,
         "move.by": mover.by,
         "move.who": mover.person(),
         "move.reason": mover.reason[:4000],
-        "move.mlflow_run": mover.mlflow_run or "",
-        "move.prefect_flow_run": mover.prefect_flow_run or "",
+        MLFLOW_USER: mover.person(),
     }
+    if mover.mlflow_run:
+        tags["move.mlflow_run"] = mover.mlflow_run
+    if mover.prefect_flow_run:
+        tags["move.prefect_flow_run"] = mover.prefect_flow_run
     tags[MLFLOW_RUN_NOTE] = _description(
         model_name, seq, at, from_version, to_version, mover
     )
@@ -193,19 +197,23 @@ def format_table(moves: Sequence[Move]) -> list[str]:
 
 
 def history_markdown(model_name: str, moves: Sequence[Move]) -> str:
-    """The moves as a markdown table for a Prefect artifact, newest first."""
+    """The moves as markdown for a Prefect artifact, newest first: one item each
+    (a table of eight columns was cut off at the right in the Prefect UI)."""
     lines = [
         f"# `{model_name}` `@champion` history",
         "",
-        f"{len(moves)} move(s), newest first; in MLflow: experiment "
-        f"`{experiment_name(model_name)}`.",
+        f"{len(moves)} move(s), newest first. In MLflow: experiment "
+        f"`{experiment_name(model_name)}`, a run per move.",
         "",
-        "| # | when (UTC) | move | by | who | reason | MLflow run | Prefect flow run |",
-        "|---|---|---|---|---|---|---|---|",
     ]
     for move in reversed(moves):
-        cells = [cell.replace("|", "\\|") for cell in _row(move)]
-        lines.append("| " + " | ".join(cells) + " |")
+        number, when, change, by, who, reason, mlflow_run, flow_run = _row(move)
+        item = f"- **#{number} · {change} · {by}** · {when} UTC · {who}: {reason}"
+        if mlflow_run:
+            item += f" · MLflow run `{mlflow_run}`"
+        if flow_run:
+            item += f" · Prefect flow run `{flow_run}`"
+        lines.append(item)
     return "\n".join(lines)
 
 
@@ -264,7 +272,7 @@ def _move(run: Run) -> Move:
     return Move(
         seq=int(tags.get("move.seq", "0")),
         at=tags.get("move.at", ""),
-        from_version=tags.get("move.from") or None,
+        from_version=_version(tags.get("move.from")),
         to_version=tags.get("move.to", ""),
         by=tags.get("move.by", ""),
         who=tags.get("move.who", ""),
@@ -274,6 +282,10 @@ def _move(run: Run) -> Move:
         status=run.info.status,
         record_id=run.info.run_id,
     )
+
+
+def _version(value: str | None) -> str | None:
+    return None if value in (None, "", "none") else value
 
 
 def _name(seq: int, by: str, from_version: str | None, to_version: str) -> str:
@@ -299,7 +311,7 @@ def _description(
     return (
         f"Move #{seq} of `{model_name}` `@champion`, {at}: "
         f"{_label(from_version)} -> v{to_version}, by {mover.by} "
-        f"({mover.person()}). Reason: {mover.reason}"
+        f"({mover.person()}). Reason: {code_aliases(mover.reason)}"
         + (f". Made by {made}." if made else ".")
     )
 

@@ -424,11 +424,11 @@ class PromoteConfig(RegistryConfig):
 class RollbackConfig(RegistryConfig):
     """Move ``@champion`` back: one step, or to any earlier champion."""
 
-    to: int | None = Field(
-        None,
-        ge=1,
-        description="An earlier champion to go back to (default: the one before "
-        "the current champion)",
+    to: int = Field(
+        0,
+        ge=0,
+        description="An earlier champion to go back to (0: the one before the "
+        "current champion)",
     )
 
 

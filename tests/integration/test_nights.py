@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 import tasks.gate
 from flows.maintenance import prune_outputs
 from flows.training import TrainingResult, mnist_training
-from mnist_pipeline import lineage, tracking_store
+from mnist_pipeline import alias_history, lineage, tracking_store
 from mnist_pipeline.config import PruneConfig, TrainConfig
 from mnist_pipeline.data import load_sample, stratified_subset
 from tasks.locking import promotion_lock
@@ -222,6 +222,13 @@ def test_overlapping_runs_promote_the_better_one_in_either_order(
         assert tags[first.version]["gate.compared_with"] == "none"
         assert tags[second.version]["gate.compared_with"] == f"v{first.version}"
         assert first is runs[0], "the seed-1 run was to reach the lock first"
+        # Each promotion is in the alias's history once, in order.
+        promoted = [first.version] + ([second.version] if second is good else [])
+        moves = alias_history.read_moves(client, model)
+        assert [(m.by, m.to_version, m.done) for m in moves] == [
+            ("gate", version, True) for version in promoted
+        ]
+        assert {m.mlflow_run for m in moves} <= {r.run_id for r in runs}
         orders.add("better first" if first is good else "worse first")
     assert orders == {"better first", "worse first"}
 
@@ -351,12 +358,32 @@ def test_a_soak_of_nights_keeps_the_registry_truthful(
 
     final = versions(client, model)
     violations += _untraceable(final)
+    violations += _history_breaks(client, model, counts["promotions"])
     counts["versions"] = len(final)
     with capsys.disabled():
         print("\n" + _soak_table(counts, len(violations)))
     assert counts["nights"] >= 20 and counts["faults"] >= 3
     assert counts["skipped"] >= 8 and counts["promotions"] >= 1
     assert violations == []
+
+
+def _history_breaks(client, model: str, promotions: int) -> list[str]:
+    """Where the alias's history disagrees with the registry: a move from a
+    version other than the one before, a champion it does not end on, fewer
+    moves than the nights saw."""
+    moves = [m for m in alias_history.read_moves(client, model) if m.done]
+    breaks = [
+        f"history #{m.seq}: from v{m.from_version}, but v{before.to_version} was "
+        "champion"
+        for before, m in zip(moves, moves[1:], strict=False)
+        if m.from_version != before.to_version
+    ]
+    champion = aliases(client, model).get("champion")
+    if moves and moves[-1].to_version != champion:
+        breaks.append(f"history ends on v{moves[-1].to_version}, not v{champion}")
+    if len(moves) < promotions:
+        breaks.append(f"history has {len(moves)} moves for {promotions} promotions")
+    return breaks
 
 
 def _run_night(

@@ -93,7 +93,7 @@ def test_history_is_an_mlflow_experiment_readable_without_this_code(three_versio
         "mnist-cnn",
         "2",
         by="gate",
-        reason="more right",
+        reason="promoted to @champion: more right",
         who="promotion gate",
         mlflow_run="abc123",
         prefect_flow_run="train-sample (f00)",
@@ -103,13 +103,14 @@ def test_history_is_an_mlflow_experiment_readable_without_this_code(three_versio
     assert run.info.run_name == "#1 gate: none -> v2"
     assert run.info.status == "FINISHED"
     tags = run.data.tags
-    assert tags["move.to"] == "2" and tags["move.from"] == ""
+    assert tags["move.to"] == "2" and tags["move.from"] == "none"
+    assert tags["mlflow.user"] == "promotion gate"  # "Created by" in the UI
     assert tags["move.who"] == "promotion gate"
     assert tags["move.mlflow_run"] == "abc123"
     assert tags["move.prefect_flow_run"] == "train-sample (f00)"
     # Its description in the run page; aliases in backticks (not github links).
     assert tags["mlflow.note.content"].startswith("Move #1 of `mnist-cnn` `@champion`")
-    assert "Reason: more right" in tags["mlflow.note.content"]
+    assert "Reason: promoted to `@champion`: more right" in tags["mlflow.note.content"]
 
 
 def test_promoting_the_champion_changes_nothing(three_versions):
