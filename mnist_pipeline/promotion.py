@@ -181,8 +181,9 @@ def version_description(
         if outcome.compared_with
         else "No champion to compare with."
     )
+    # Plain words first: the versions list shows the description's start raw.
     return code_aliases(
-        f"**Gate: {outcome.verdict}.** Test accuracy {candidate.describe()}. "
+        f"Test accuracy {candidate.describe()}. Gate: {outcome.verdict}. "
         f"{compared}\n\n"
         f"Trained on {dataset_line(ref.name, ref.digest, ref.split_digests)}. "
         "Every check's figures: the source run's `gate/decision.json`; its code "

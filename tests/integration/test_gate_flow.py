@@ -38,8 +38,10 @@ def test_first_passing_model_is_promoted_then_a_failing_one_is_not(
     assert tags["gate.decision"] == "promoted"
     assert tags["gate.compared_with"] == "none"
     assert tags["test_correct"].endswith("/200")
-    assert version.description.startswith(
-        "**Gate: promoted to `@champion` (first champion; every check passed).**"
+    assert version.description.startswith(f"Test accuracy {first.test_accuracy:.4f} (")
+    assert (
+        "Gate: promoted to `@champion` (first champion; every check passed)."
+        in version.description
     )
     assert "Trained on mnist-sample-subset400+200: dataset digest" in (
         version.description
@@ -69,7 +71,7 @@ def test_first_passing_model_is_promoted_then_a_failing_one_is_not(
     # Same data: the champion's recorded scores on the same test split were used.
     description = client.get_model_version("mnist-cnn", "2").description
     assert "Compared with v1: same test split as v1" in description
-    assert description.startswith("**Gate: kept as `@challenger`: ")
+    assert "Gate: kept as `@challenger`: " in description
     run = client.get_run(second.run_id)
     assert run.data.tags["gate.decision"] == "rejected"
     second_decision = mlflow.artifacts.load_dict(

@@ -238,7 +238,7 @@ def test_the_record_holds_the_verdict_figures_and_a_description(client, model, r
     assert record.record["compared_with"] == old and record.record["promote"]
     assert record.record["lineage"] == f"same test split as v{old} (t3st)"
     assert record.description.startswith(
-        f"**Gate: {code_aliases(outcome.verdict)}.** Test accuracy 0.9500 (95/100). "
+        f"Test accuracy 0.9500 (95/100). Gate: {code_aliases(outcome.verdict)}. "
         f"Compared with v{old}: same test split as v{old} (t3st)."
     )
 
