@@ -203,7 +203,7 @@ def test_overlapping_runs_wait_their_turn_and_train_once(servers, deployed):
     assert versions["1"]["run_id"] == mlflow_run["info"]["run_id"]
     summary = _artifacts_by_key(servers, second["id"])["mnist-training-summary"]
     assert "nothing to train" in summary["data"]
-    assert "version **1**" in summary["data"]
+    assert "[mnist-cnn version 1](" in summary["data"]
 
 
 def test_serve_registers_its_schedule_and_runs_the_flow(servers):
