@@ -19,16 +19,11 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel
 
-from mnist_pipeline import gate, packaging, registry, runs, tracking_store
+from mnist_pipeline import gate, runs, tracking_store
 from mnist_pipeline.checkpoint import training_claim
 from mnist_pipeline.config import SweepConfig, TrainConfig, TrialParams
 from mnist_pipeline.data import DatasetRef
-from mnist_pipeline.lineage import (
-    SWEEP_KEY_TAG,
-    TRAINING_KEY_TAG,
-    code_version,
-    training_key,
-)
+from mnist_pipeline.lineage import SWEEP_KEY_TAG, TRAINING_KEY_TAG, training_key
 from mnist_pipeline.runtime import configure_flow_logs
 from mnist_pipeline.sweep import (
     TrialResult,
@@ -38,26 +33,19 @@ from mnist_pipeline.sweep import (
     sweep_identity,
 )
 from tasks.caching import cache_storage, cached
+from tasks.candidate import publish_candidate, register_and_gate
 from tasks.evaluate import evaluate
-from tasks.gate import run_gate, settle_existing
+from tasks.gate import settle_existing
 from tasks.lineage import flow_run_tags, run_name, version_tags
 from tasks.load import load_data
 from tasks.preprocess import preprocess_data
-from tasks.report import publish_summary
 from tasks.sweep import (
     record_failed_trial,
     record_outcome,
     record_trials,
     train_trial,
 )
-from tasks.track import (
-    ExistingVersion,
-    find_training,
-    log_dataset,
-    log_params,
-    log_results,
-    register_model,
-)
+from tasks.track import ExistingVersion, find_training, log_dataset, log_params
 from tasks.train import TrainedModel
 from tasks.validate import validate_data
 
@@ -153,46 +141,28 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
 
             trained = TrainedModel(path=best.model_path, history=best.history)
             evaluation = evaluate(trained, prepared)
-            log_results(best.run_id, evaluation, [])
-            scores = evaluation.scores()
             key = training_key(
                 best.params.training_params(training.validation_split, training.seed),
                 data.digest,
             )
-            version = register_model(
-                best.run_id,
+            candidate = register_and_gate(
                 trained,
+                evaluation,
                 data,
-                training.model_name,
-                scores,
-                {SWEEP_KEY_TAG: sweep_key, TRAINING_KEY_TAG: key}
+                run_id=best.run_id,
+                config=training,
+                data_plots=[],
+                tags={SWEEP_KEY_TAG: sweep_key, TRAINING_KEY_TAG: key}
                 | version_tags(lineage),
             )
-            outcome = run_gate(
-                run_id=best.run_id,
-                model_name=training.model_name,
-                version=version,
-                keras_path=trained.path,
-                ref=data,
-                candidate=scores,
-                thresholds=gate.thresholds_for(training, data.name),
-                seed=training.seed,
-                timeout=training.promotion_timeout,
-            )
-        record_outcome(run_id, scores.accuracy, version, outcome.verdict)
-        publish_summary(
-            metrics=evaluation.metrics,
-            per_class=evaluation.per_class,
-            dataset=data.name,
-            digest=data.digest,
-            model_name=training.model_name,
-            version=version,
-            version_url=registry.version_url(client, training.model_name, version),
-            run_id=best.run_id,
-            run_url=runs.run_url(client, experiment_id, best.run_id),
-            gate=outcome.verdict,
-            training_key=key,
-            code_version=code_version(),
+        record_outcome(
+            run_id,
+            candidate.scores.accuracy,
+            candidate.version,
+            candidate.outcome.verdict,
+        )
+        publish_candidate(
+            candidate, data, experiment_id=experiment_id, training_key=key
         )
     return SweepResult(
         run_id=run_id,
@@ -202,11 +172,11 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
         best_trial=best.index,
         best_run_id=best.run_id,
         model_name=training.model_name,
-        version=version,
-        test_accuracy=scores.accuracy,
-        promoted=outcome.decision.promote,
-        verdict=outcome.verdict,
-        gate_reasons=outcome.decision.reasons,
+        version=candidate.version,
+        test_accuracy=candidate.scores.accuracy,
+        promoted=candidate.outcome.decision.promote,
+        verdict=candidate.outcome.verdict,
+        gate_reasons=candidate.outcome.decision.reasons,
     )
 
 
@@ -285,9 +255,6 @@ def _already_swept(
         ref=data,
         key=sweep_key,
         experiment_id=experiment_id,
-        keras_path=lambda: str(
-            packaging.download_keras_model(training.model_name, existing.version)
-        ),
     )
     return SweepResult(
         run_id=existing.run_id or "",

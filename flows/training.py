@@ -7,34 +7,25 @@ Run it with ``mnist-pipeline train``; deploy it from its entrypoint
 # No ``from __future__ import annotations`` here: ``flow.serve`` pickles the flow
 # function by value for its subprocess, without the module's globals, so its
 # parameter annotations must be classes, not names to resolve later.
-from pathlib import Path
-
 from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from mnist_pipeline import gate, packaging, registry, runs, tracking_store
+from mnist_pipeline import gate, runs, tracking_store
 from mnist_pipeline.checkpoint import training_claim
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import DatasetRef
-from mnist_pipeline.lineage import TRAINING_KEY_TAG, code_version, training_key
+from mnist_pipeline.lineage import TRAINING_KEY_TAG, training_key
 from mnist_pipeline.runtime import configure_flow_logs
 from tasks.caching import cache_storage, cached
+from tasks.candidate import publish_candidate, register_and_gate
 from tasks.evaluate import evaluate
-from tasks.gate import run_gate, settle_existing
+from tasks.gate import settle_existing
 from tasks.lineage import flow_run_tags, run_name, version_tags
 from tasks.load import load_data
 from tasks.plot import plot_data
 from tasks.preprocess import preprocess_data
-from tasks.report import publish_summary
-from tasks.track import (
-    ExistingVersion,
-    find_training,
-    log_dataset,
-    log_params,
-    log_results,
-    register_model,
-)
+from tasks.track import ExistingVersion, find_training, log_dataset, log_params
 from tasks.train import train
 from tasks.validate import validate_data
 
@@ -117,52 +108,27 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
                 augmentation=config.augmentation(),
             )
             evaluation = evaluate(trained, prepared)
-            log_results(run_id, evaluation, data_plots)
-            scores = evaluation.scores()
-            version = register_model(
-                run_id,
+            candidate = register_and_gate(
                 trained,
+                evaluation,
                 data,
-                config.model_name,
-                scores,
-                {TRAINING_KEY_TAG: key} | version_tags(lineage),
-            )
-
-            outcome = run_gate(
                 run_id=run_id,
-                model_name=config.model_name,
-                version=version,
-                keras_path=trained.path,
-                ref=data,
-                candidate=scores,
-                thresholds=gate.thresholds_for(config, data.name),
-                seed=config.seed,
-                timeout=config.promotion_timeout,
+                config=config,
+                data_plots=data_plots,
+                tags={TRAINING_KEY_TAG: key} | version_tags(lineage),
             )
-        url = runs.run_url(client, experiment_id, run_id)
-        publish_summary(
-            metrics=evaluation.metrics,
-            per_class=evaluation.per_class,
-            dataset=data.name,
-            digest=data.digest,
-            model_name=config.model_name,
-            version=version,
-            version_url=registry.version_url(client, config.model_name, version),
-            run_id=run_id,
-            run_url=url,
-            gate=outcome.verdict,
-            training_key=key,
-            code_version=code_version(),
+        url = publish_candidate(
+            candidate, data, experiment_id=experiment_id, training_key=key
         )
     return TrainingResult(
         run_id=run_id,
         experiment_id=experiment_id,
         model_name=config.model_name,
-        version=version,
-        test_accuracy=scores.accuracy,
-        promoted=outcome.decision.promote,
-        verdict=outcome.verdict,
-        gate_reasons=outcome.decision.reasons,
+        version=candidate.version,
+        test_accuracy=candidate.scores.accuracy,
+        promoted=candidate.outcome.decision.promote,
+        verdict=candidate.outcome.verdict,
+        gate_reasons=candidate.outcome.decision.reasons,
         run_url=url,
         training_key=key,
     )
@@ -182,7 +148,6 @@ def _already_trained(
         ref=data,
         key=key,
         experiment_id=experiment_id,
-        keras_path=lambda: _keras_model(config, existing),
     )
     return TrainingResult(
         run_id=existing.run_id or "",
@@ -196,11 +161,3 @@ def _already_trained(
         training_key=key,
         skipped=True,
     )
-
-
-def _keras_model(config: TrainConfig, existing: ExistingVersion) -> str:
-    """The version's Keras file: the local copy, else downloaded from the registry."""
-    local = Path(config.workdir) / "models" / str(existing.run_id) / "model.keras"
-    if local.is_file():
-        return str(local)
-    return str(packaging.download_keras_model(config.model_name, existing.version))

@@ -9,7 +9,7 @@ the version ``@challenger`` with ``gate.decision=error`` and the reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from mlflow import MlflowClient
@@ -64,7 +64,6 @@ def settle_existing(
     ref: DatasetRef,
     key: str,
     experiment_id: str,
-    keras_path: Callable[[], str],
 ) -> tuple[str, bool, str | None]:
     """Report a version that already holds this training; gate it if it never was.
 
@@ -77,7 +76,7 @@ def settle_existing(
         link to the MLflow run that trained it.
     """
     recorded = promotion.recorded_verdict(existing.tags)
-    verdict, promoted = recorded or _gate_existing(existing, config, ref, keras_path)
+    verdict, promoted = recorded or _gate_existing(existing, config, ref)
     url = runs.run_url(tracking_store.client(), experiment_id, existing.run_id)
     publish_existing(
         existing.tags,
@@ -102,7 +101,6 @@ def _gate_existing(
     existing: ExistingVersion,
     config: TrainConfig,
     ref: DatasetRef,
-    keras_path: Callable[[], str],
 ) -> tuple[str, bool]:
     get_run_logger().info(
         "v%s has no gate verdict (%s): running its gate now",
@@ -119,7 +117,7 @@ def _gate_existing(
         run_id=existing.run_id,
         model_name=config.model_name,
         version=existing.version,
-        keras_path=keras_path(),
+        keras_path=_keras_file(config, existing),
         ref=ref,
         candidate=candidate,
         thresholds=gate.thresholds_for(config, ref.name),
@@ -127,6 +125,14 @@ def _gate_existing(
         timeout=config.promotion_timeout,
     )
     return outcome.verdict, outcome.decision.promote
+
+
+def _keras_file(config: TrainConfig, existing: ExistingVersion) -> str:
+    """The version's Keras file: its run's local copy, else downloaded."""
+    local = Path(config.workdir) / "models" / str(existing.run_id) / "model.keras"
+    if local.is_file():
+        return str(local)
+    return str(packaging.download_keras_model(config.model_name, existing.version))
 
 
 @task(name="gate", **MLFLOW_RETRY | {"timeout_seconds": GATE_TIMEOUT})
