@@ -9,6 +9,7 @@ Run it with ``mnist-pipeline train``; deploy it from its entrypoint
 # parameter annotations must be classes, not names to resolve later.
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import Completed
 from pydantic import BaseModel
 
 from mnist_pipeline import gate, runs, tracking_store
@@ -84,7 +85,9 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
         with training_claim(config.workdir, key):
             existing = None if config.retrain else find_training(config.model_name, key)
             if existing is not None:
-                return _already_trained(config, data, existing, key, experiment_id)
+                skipped = _already_trained(config, data, existing, key, experiment_id)
+                # The flow run's state says it in the runs list, not only "Completed".
+                return Completed(message=skipped.verdict, data=skipped)
 
             run_id = run.open()
             applied = gate.threshold_params(config, data.name)

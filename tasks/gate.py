@@ -22,7 +22,7 @@ from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.preprocess import scale_images
 from mnist_pipeline.promotion import GateOutcome
-from mnist_pipeline.report import gate_markdown
+from mnist_pipeline.report import gate_markdown, held_verdict, nothing_trained
 from mnist_pipeline.serving import as_model_input, predict_probabilities
 from tasks.locking import promotion_lock
 from tasks.report import publish_existing
@@ -72,11 +72,19 @@ def settle_existing(
     now. The Prefect summary and the log say which version holds the training.
 
     Returns:
-        The verdict line, whether the version is (now) the champion, and the
-        link to the MLflow run that trained it.
+        The gate line (whose verdict it is: the holding version's, or this
+        run's when it gated it now), whether the version is (now) the champion,
+        and the link to the MLflow run that trained it.
     """
     recorded = promotion.recorded_verdict(existing.tags)
-    verdict, promoted = recorded or _gate_existing(existing, config, ref)
+    if recorded is not None:
+        verdict, promoted = recorded
+        gate_line = held_verdict(
+            existing.version, existing.run_id, existing.registered_on, verdict
+        )
+    else:
+        verdict, promoted = _gate_existing(existing, config, ref)
+        gate_line = f"gated by this run: {verdict}"
     url = runs.run_url(tracking_store.client(), experiment_id, existing.run_id)
     publish_existing(
         existing.tags,
@@ -86,7 +94,7 @@ def settle_existing(
         run_id=existing.run_id,
         run_url=url,
         training_key=key,
-        gate=verdict,
+        gate=gate_line,
     )
     get_run_logger().info(
         "Nothing to train: %s version %s already holds this training (key %s).",
@@ -94,7 +102,7 @@ def settle_existing(
         existing.version,
         key,
     )
-    return verdict, promoted, url
+    return nothing_trained(existing.version, gate_line), promoted, url
 
 
 def _gate_existing(
