@@ -11,6 +11,7 @@ from mnist_pipeline.config import PredictConfig
 from mnist_pipeline.redact import redact_url
 from mnist_pipeline.runtime import configure_flow_logs
 from tasks.drift import load_reference, report_drift
+from tasks.lineage import model_label, run_name
 from tasks.predict import log_predictions, predict_images
 from tasks.track import log_params
 
@@ -28,7 +29,13 @@ class PredictionResult(BaseModel):
     drift_detected: bool | None = None
 
 
-@flow(name="mnist-predict", log_prints=True)
+def _run_name() -> str:
+    """``predict-<input>-<model>-<time>``: the input's name, the version or alias."""
+    config = PredictConfig.model_validate(flow_run.get_parameters()["config"])
+    return run_name("predict", config.input, model_label(config.model_uri))
+
+
+@flow(name="mnist-predict", flow_run_name=_run_name, log_prints=True)
 def mnist_predict(config: PredictConfig) -> PredictionResult:
     """Predict every image of ``config.input`` with ``config.model_uri`` into a CSV.
 
@@ -61,7 +68,8 @@ def mnist_predict(config: PredictConfig) -> PredictionResult:
             reference,
             config.drift,
         )
-        log_predictions(run_id, outcome, config.output)
+        model = f"{model_name} v{version}" if version else redact_url(config.model_uri)
+        log_predictions(run_id, outcome, config.output, config.input, model)
         if outcome.drift is not None:
             report_drift(outcome.drift, model_name, version)
     drift = outcome.drift

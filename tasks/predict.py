@@ -16,6 +16,7 @@ from mnist_pipeline.drift import BatchMonitor, DriftReport, Profile
 from mnist_pipeline.photos import Normalisation
 from mnist_pipeline.predict import BatchSummary, open_input, predict_to_csv
 from mnist_pipeline.redact import redact_url
+from mnist_pipeline.report import prediction_note
 from mnist_pipeline.serving import as_model_input
 from tasks.track import MLFLOW_RETRY
 
@@ -125,11 +126,25 @@ def predict_images(
 
 
 @task(name="log-predictions", **MLFLOW_RETRY)
-def log_predictions(run_id: str, outcome: BatchOutcome, output_path: str) -> None:
-    """Log the metrics (drift's too), the CSV, the skipped files and the drift plot."""
+def log_predictions(
+    run_id: str, outcome: BatchOutcome, output_path: str, input_path: str, model: str
+) -> None:
+    """Log the input as a dataset, the metrics (drift's too), the CSV, the skipped
+    files and the drift plot; the verdict where the run's page opens."""
     client = tracking_store.client()
+    images = int(outcome.metrics["images"] + outcome.metrics["failed_images"])
+    runs.log_prediction_input(client, run_id, Path(input_path), images)
     runs.log_metrics(client, run_id, outcome.metrics)
     files = [Path(output_path)] + ([Path(outcome.errors)] if outcome.errors else [])
     runs.log_files(client, run_id, files, "predictions")
     if outcome.drift_plot:
         runs.log_files(client, run_id, [Path(outcome.drift_plot)], "drift")
+    verdict, note = prediction_note(
+        outcome.drift,
+        images=int(outcome.metrics["images"]),
+        failed=int(outcome.metrics["failed_images"]),
+        source=Path(input_path).name,
+        model=model,
+        output=f"predictions/{Path(output_path).name}",
+    )
+    runs.describe_run(client, run_id, note, {"drift.verdict": verdict})

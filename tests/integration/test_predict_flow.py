@@ -8,7 +8,9 @@ input order.
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -112,6 +114,27 @@ def test_predicts_every_format_in_chunks(
     assert "drift_mean_intensity_psi" in run.data.metrics
     drift_files = [a.path for a in client.list_artifacts(result.run_id, "drift")]
     assert drift_files == [f"drift/{kind}.drift.png"]
+    _check_the_runs_page(run, Path(inputs[kind]), drifted=result.drift_detected)
+
+
+def _check_the_runs_page(run, source: Path, drifted: bool) -> None:
+    """A readable name, the input as a dataset, the drift verdict where it opens."""
+    stem = source.stem if source.is_file() else source.name
+    assert re.fullmatch(rf"predict-{stem}-champion-\d{{8}}-\d{{6}}", run.info.run_name)
+    assert run.data.tags["prefect.flow_run_name"] == run.info.run_name
+    (used,) = run.inputs.dataset_inputs
+    assert used.dataset.name == source.name
+    assert used.dataset.digest == runs.input_digest(source)
+    assert json.loads(used.dataset.profile) == {"num_rows": N}
+    assert {t.value for t in used.tags} == {"prediction"}
+    verdict = "drift" if drifted else "none"
+    assert run.data.tags["drift.verdict"] == verdict
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(
+        f"Predicted {N} image(s) of `{source.name}` with mnist-cnn v1."
+    )
+    words = "**drift detected** in" if drifted else "**no drift**"
+    assert f"Input drift: {words}" in note
 
 
 def test_broken_file_is_reported_and_the_rest_scored(
