@@ -1,15 +1,17 @@
-"""The model as MLflow keeps it: a pyfunc version, its signature and code.
+"""The model as MLflow keeps it: a pyfunc version, its signature, code and bound.
 
 Logging a model registers it (:func:`log_model`); loading goes through MLflow's
-generic pyfunc API or the Keras file of a version.
+generic pyfunc API (:func:`load_pyfunc`, unbounded, for batch work) or the
+Keras file of a version.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -18,16 +20,31 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
-from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from mnist_pipeline import registry
-from mnist_pipeline.serving import as_model_input
+from mnist_pipeline.config import ServeConfig
+from mnist_pipeline.serving import MAX_IMAGES_KEY, as_model_input
 
 MODEL_ARTIFACT = "model"
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28))]),
     outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
 )
+
+
+#: What batch inference and the gate ask of a version: no bound on one call.
+UNBOUNDED = {MAX_IMAGES_KEY: 0}
+
+
+def served_model_config() -> dict[str, int]:
+    """The ``model_config`` each version is logged with: its default request bound.
+
+    MLflow keeps only the keys a version declared when it was logged, so the
+    bound must be declared here to be overridable where the version is served
+    (``model_config`` at load, ``MLFLOW_PYFUNC_INFERENCE_CONFIG``).
+    """
+    default = ServeConfig.model_fields[MAX_IMAGES_KEY].default
+    return {MAX_IMAGES_KEY: default}
 
 
 def pip_requirements() -> list[str]:
@@ -60,6 +77,9 @@ def log_model(
     already (a retry after the server committed but its answer was lost), that
     version is tagged and returned instead of registering a duplicate.
 
+    The logged model is filed under the run's experiment, named explicitly: left
+    to MLflow, ``Model.log`` takes the thread's fluent experiment, "Default" here.
+
     Returns:
         The logged model's URI and the registered version.
     """
@@ -70,15 +90,27 @@ def log_model(
     if earlier is not None:
         registry.set_version_tags(client, model_name, earlier.version, tags)
         return earlier.source, str(earlier.version)
-    with tempfile.TemporaryDirectory() as scratch:
+    run = client.get_run(run_id)
+    logged = mlflow.initialize_logged_model(
+        name=MODEL_ARTIFACT,
+        source_run_id=run_id,
+        tags=dict(tags),
+        params={key: str(value) for key, value in run.data.params.items()},
+        experiment_id=run.info.experiment_id,
+    )
+    # Validating the input example loads the model here, which would leave
+    # its code/ folder on sys.path.
+    with tempfile.TemporaryDirectory() as scratch, _sys_path_restored():
         info = mlflow.models.Model.log(
             artifact_path=None,
             name=MODEL_ARTIFACT,
             flavor=mlflow.pyfunc,
             run_id=run_id,
+            model_id=logged.model_id,
             python_model=serving_model.__file__,
             artifacts={"keras_model": str(keras_path)},
             code_paths=[str(serving_code(Path(scratch)))],
+            model_config=served_model_config(),
             signature=SIGNATURE,
             input_example=as_model_input(input_example),
             pip_requirements=pip_requirements(),
@@ -87,32 +119,7 @@ def log_model(
         )
     version = str(info.registered_model_version)
     registry.set_version_tags(client, model_name, version, tags)
-    _list_each_version_once(client, info.model_id)
     return info.model_uri, version
-
-
-def _list_each_version_once(client: MlflowClient, model_id: str) -> None:
-    """Drop repeats from the logged model's ``mlflow.modelVersions`` tag.
-
-    Registering through a tracking server, MLflow 3.17 lists the new version
-    twice: the server's create-model-version handler adds it, then the client's
-    ``_register_model`` appends it again without looking.
-    """
-    listed = client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS)
-    if not listed:
-        return
-    entries = json.loads(listed)
-    # The server writes the version as a number, the client as a string.
-    seen, unique = set(), []
-    for entry in entries:
-        key = (entry.get("name"), str(entry.get("version")))
-        if key not in seen:
-            seen.add(key)
-            unique.append(entry)
-    if unique != entries:
-        client.set_logged_model_tags(
-            model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(unique)}
-        )
 
 
 #: The modules of this package the served model imports (``serving_model.py``
@@ -144,5 +151,25 @@ def download_keras_model(model_name: str, version: str) -> Path:
 
 
 def load_pyfunc(uri: str):
-    """Load a logged or registered model through MLflow's generic pyfunc API."""
-    return mlflow.pyfunc.load_model(uri)
+    """Load a logged or registered model in this process, with no request bound.
+
+    For batch inference: a version's own bound (see :func:`served_model_config`)
+    is lifted. Versions logged before they carried one load as they are.
+    This process's ``mnist_pipeline`` is already imported, so the version's
+    shipped ``code/`` is not what runs here; it is not left on ``sys.path``
+    either.
+    """
+    declared = mlflow.models.get_model_info(uri).flavors["python_function"]
+    config = UNBOUNDED if MAX_IMAGES_KEY in declared.get("config", {}) else None
+    with _sys_path_restored():
+        return mlflow.pyfunc.load_model(uri, model_config=config)
+
+
+@contextmanager
+def _sys_path_restored() -> Iterator[None]:
+    """Undo MLflow's prepending of a model's ``code/`` folder to ``sys.path``."""
+    saved = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved

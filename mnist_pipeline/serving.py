@@ -17,6 +17,7 @@ every call (a served request holds one or a few images).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 from mlflow.exceptions import MlflowException
@@ -25,11 +26,17 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 INPUT_DTYPE = np.float32
 #: Images per forward pass (``keras.Model.predict``'s batch size before).
 PREDICT_BATCH = 1000
+#: The ``model_config`` key bounding the images of one ``predict`` call; 0 or
+#: absent: unbounded. Each version is logged with ``ServeConfig``'s default, so
+#: it is bounded however it is served (``mlflow models serve``, its Docker image,
+#: MLServer); a server overrides it with MLflow's ``model_config`` at load or
+#: ``MLFLOW_PYFUNC_INFERENCE_CONFIG``; batch inference and the gate load with 0.
+#: Versions logged before it was declared carry none: unbounded, unless
+#: :data:`MAX_IMAGES_VARIABLE` is set.
+MAX_IMAGES_KEY = "max_images_per_request"
 #: Environment variable, read when the model loads, that bounds the images of
-#: one ``predict`` call. ``mnist-pipeline serve-model`` sets it for its workers;
-#: unset, calls are unbounded (batch inference and the gate pass whole test
-#: sets). MLflow's load-time ``model_config`` cannot carry it: MLflow drops keys
-#: that the logged model did not declare.
+#: one ``predict`` call over any ``model_config``; ``mnist-pipeline serve-model``
+#: sets it for its workers.
 MAX_IMAGES_VARIABLE = "MNIST_MAX_IMAGES_PER_REQUEST"
 
 
@@ -79,6 +86,14 @@ def check_count(count: int, limit: int | None) -> None:
         )
 
 
+def images_bound(model_config: Mapping | None, variable: str | None) -> int | None:
+    """The most images one call may hold, from :data:`MAX_IMAGES_VARIABLE`'s value
+    when set, else the model config's :data:`MAX_IMAGES_KEY`; None: unbounded."""
+    value = variable or (model_config or {}).get(MAX_IMAGES_KEY)
+    limit = int(value) if value else 0
+    return limit if limit > 0 else None
+
+
 def predict_probabilities(model, scaled: np.ndarray) -> np.ndarray:
     """``model``'s outputs for ``scaled`` (N, 28, 28, 1), PREDICT_BATCH at a time.
 
@@ -109,8 +124,9 @@ class MnistClassifier(PythonModel):
         self.model = keras.saving.load_model(
             context.artifacts["keras_model"], compile=False
         )
-        limit = os.environ.get(MAX_IMAGES_VARIABLE)
-        self.max_images = int(limit) if limit else None
+        self.max_images = images_bound(
+            context.model_config, os.environ.get(MAX_IMAGES_VARIABLE)
+        )
 
     def predict(
         self, context: PythonModelContext, model_input: np.ndarray, params=None

@@ -9,6 +9,7 @@ from mlflow.pyfunc import PythonModelContext
 
 from mnist_pipeline.config import JSON_BYTES_PER_IMAGE, ServeConfig
 from mnist_pipeline.serving import (
+    MAX_IMAGES_KEY,
     MAX_IMAGES_VARIABLE,
     PREDICT_BATCH,
     MnistClassifier,
@@ -60,9 +61,9 @@ def keras_model_path(tmp_path_factory):
     return path
 
 
-def classifier(path) -> MnistClassifier:
+def classifier(path, model_config: dict | None = None) -> MnistClassifier:
     model = MnistClassifier()
-    model.load_context(PythonModelContext({"keras_model": str(path)}, None))
+    model.load_context(PythonModelContext({"keras_model": str(path)}, model_config))
     return model
 
 
@@ -78,12 +79,17 @@ def test_predictions_equal_keras_predict_to_the_last_bit(keras_model_path, count
     np.testing.assert_array_equal(probabilities, expected)
 
 
-def test_images_per_call_are_bounded_only_when_the_variable_is_set(
+def test_images_per_call_are_bounded_by_the_model_config_or_the_variable(
     keras_model_path, monkeypatch
 ):
     images = np.zeros((3, 28, 28), np.float32)
     monkeypatch.delenv(MAX_IMAGES_VARIABLE, raising=False)
+    # Versions logged before the bound was declared carry no model config.
     assert classifier(keras_model_path).predict(None, images).shape == (3, 10)
+    assert classifier(keras_model_path, {MAX_IMAGES_KEY: 0}).max_images is None
+    assert classifier(keras_model_path, {MAX_IMAGES_KEY: 2}).max_images == 2
+    monkeypatch.setenv(MAX_IMAGES_VARIABLE, "5")  # serve-model's, over the config
+    assert classifier(keras_model_path, {MAX_IMAGES_KEY: 2}).max_images == 5
     monkeypatch.setenv(MAX_IMAGES_VARIABLE, "2")
     bounded = classifier(keras_model_path)
     assert bounded.predict(None, images[:2]).shape == (2, 10)
