@@ -32,6 +32,10 @@ class RegistryError(PipelineError):
     """A registry operation cannot be done (missing version, no champion...)."""
 
 
+class ServedModelError(PipelineError):
+    """A registered version does not load or answer as a fresh process serves it."""
+
+
 class PredictionInputError(PipelineError):
     """Batch-prediction input is missing, unreadable or of the wrong layout."""
 

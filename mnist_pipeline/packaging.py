@@ -1,13 +1,18 @@
 """The model as MLflow keeps it: a pyfunc version, its signature, code and bound.
 
 Logging a model registers it (:func:`log_model`); loading goes through MLflow's
-generic pyfunc API (:func:`load_pyfunc`, unbounded, for batch work) or the
-Keras file of a version.
+generic pyfunc API (:func:`load_pyfunc` in this process, unbounded, for batch
+work; :func:`predict_in_fresh_process` as a server would load it) or the Keras
+file of a version.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -23,7 +28,9 @@ from mlflow.types.schema import Schema, TensorSpec
 
 from mnist_pipeline import registry
 from mnist_pipeline.config import ServeConfig
-from mnist_pipeline.serving import MAX_IMAGES_KEY, as_model_input
+from mnist_pipeline.errors import ServedModelError
+from mnist_pipeline.redact import redact_text
+from mnist_pipeline.serving import MAX_IMAGES_KEY, MAX_IMAGES_VARIABLE, as_model_input
 
 MODEL_ARTIFACT = "model"
 SIGNATURE = ModelSignature(
@@ -156,8 +163,8 @@ def load_pyfunc(uri: str):
     For batch inference: a version's own bound (see :func:`served_model_config`)
     is lifted. Versions logged before they carried one load as they are.
     This process's ``mnist_pipeline`` is already imported, so the version's
-    shipped ``code/`` is not what runs here; it is not left on ``sys.path``
-    either.
+    shipped ``code/`` is not what runs here (see :func:`predict_in_fresh_process`);
+    it is not left on ``sys.path`` either.
     """
     declared = mlflow.models.get_model_info(uri).flavors["python_function"]
     config = UNBOUNDED if MAX_IMAGES_KEY in declared.get("config", {}) else None
@@ -173,3 +180,74 @@ def _sys_path_restored() -> Iterator[None]:
         yield
     finally:
         sys.path[:] = saved
+
+
+#: Run by a fresh interpreter: it imports MLflow and numpy, nothing of this
+#: project, before MLflow puts the version's code/ first on sys.path and runs
+#: its wrapper, as ``mlflow models serve`` does.
+_FRESH_PREDICT = """
+import json, sys
+import numpy as np
+import mlflow.pyfunc
+uri, inputs, outputs, config = sys.argv[1:]
+model = mlflow.pyfunc.load_model(uri, model_config=json.loads(config))
+np.save(outputs, np.asarray(model.predict(np.load(inputs))))
+"""
+
+
+def predict_in_fresh_process(
+    model_uri: str, images: np.ndarray, timeout: float = 600
+) -> np.ndarray:
+    """``model_uri``'s predictions for ``images`` (N, 28, 28), made by a new process.
+
+    The version is loaded by a new interpreter, from this process's tracking
+    store, with the code shipped with it and no request bound: what a server
+    runs, not this process's already imported wrapper.
+
+    Raises:
+        ServedModelError: it does not load or predict, or answers in another shape
+            than its signature's.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        inputs, outputs = Path(scratch, "images.npy"), Path(scratch, "predictions.npy")
+        np.save(inputs, images)
+        env = {k: v for k, v in os.environ.items() if k != MAX_IMAGES_VARIABLE}
+        env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+        # -P: the working folder (a checkout holds mnist_pipeline/) stays off
+        # sys.path, as it does for the ``mlflow`` command.
+        command = [sys.executable, "-P", "-c", _FRESH_PREDICT, model_uri]
+        command += [str(inputs), str(outputs), json.dumps(UNBOUNDED)]
+        done = subprocess.run(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ServedModelError(
+                f"{model_uri} fails as a fresh process loads it (as `mlflow models "
+                f"serve` would): {_python_error(done.stderr)}"
+            )
+        predictions = np.load(outputs)
+    expected = (len(images), *SIGNATURE.outputs.inputs[0].shape[1:])
+    if predictions.shape != expected:
+        raise ServedModelError(
+            f"{model_uri} answers {len(images)} image(s) with shape "
+            f"{predictions.shape} as a fresh process loads it; its signature says "
+            f"{expected}."
+        )
+    return predictions
+
+
+def _python_error(stderr: str) -> str:
+    """The first error of a traceback (MLflow wraps it) and the last place it names."""
+    first = re.split(r"\n(?:The above exception|During handling of the above)", stderr)
+    lines = [line.strip() for line in first[0].splitlines() if line.strip()]
+    if not lines:
+        return "the process exited with no output"
+    places = [line for line in lines if re.match(r'File ".*", line \d+', line)]
+    error = f"{lines[-1]} ({places[-1]})" if places else lines[-1]
+    return redact_text(error)  # an MLflow error may name the store's URI

@@ -147,15 +147,19 @@ def _keras_file(config: TrainConfig, existing: ExistingVersion) -> str:
 def check_candidate(
     model_name: str, version: str, keras_path: str, ref: DatasetRef, seed: int
 ) -> gate.CandidateChecks:
-    """Robustness of the trained model; the registered version must match it."""
+    """Robustness of the trained model; the registered version must match it.
+
+    The version is loaded as a server loads it: by a fresh process, running the
+    code shipped with it (this process's wrapper is already imported).
+    """
     import keras
 
     images, labels = _test_split(ref)
     model = keras.saving.load_model(keras_path)
-    served = packaging.load_pyfunc(f"models:/{model_name}/{version}")
+    uri = f"models:/{model_name}/{version}"
     return gate.measure_candidate(
         in_memory=lambda x: predict_probabilities(model, scale_images(x)),
-        served=lambda x: served.predict(as_model_input(x)),
+        served=lambda x: packaging.predict_in_fresh_process(uri, as_model_input(x)),
         images=images,
         labels=labels,
         seed=seed,
@@ -212,10 +216,12 @@ def promote_if_better(
 
 
 def _rescore(model_name: str, version: str, ref: DatasetRef) -> gate.Scores:
-    """A registered version's scores on this run's test split."""
+    """A registered version's scores on this run's test split, with its own code."""
     images, labels = _test_split(ref)
-    model = packaging.load_pyfunc(f"models:/{model_name}/{version}")
-    return gate.scores(model.predict(as_model_input(images)), labels)
+    uri = f"models:/{model_name}/{version}"
+    return gate.scores(
+        packaging.predict_in_fresh_process(uri, as_model_input(images)), labels
+    )
 
 
 def _record(

@@ -1,7 +1,9 @@
 """The registered model as MLflow keeps it: its experiment, its bound, its code.
 
 Served the MLflow way (``mlflow models serve``, ``build-docker``, MLServer), a
-version is bounded by what it carries; batch work loads it unbounded.
+version runs the code logged with it and the bound it carries; batch work and
+the gate load it unbounded; the gate checks each version as a fresh process
+loads it.
 """
 
 from __future__ import annotations
@@ -12,15 +14,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mnist_pipeline import packaging, tracking_store
+from mnist_pipeline import gate, packaging, runs, tracking_store
 from mnist_pipeline.config import ServeConfig
+from mnist_pipeline.data import Dataset, save_dataset
+from mnist_pipeline.errors import ServedModelError
+from mnist_pipeline.model import build_model
 from mnist_pipeline.serving import MAX_IMAGES_VARIABLE
+from tasks.gate import check_candidate
 
 from .servers import BIN, background, clean_environment, free_port, responds, wait_for
 
@@ -130,3 +137,69 @@ def test_the_version_carries_its_bound_and_batch_work_loads_it_unbounded(
     assert bound(mlflow.pyfunc.load_model(uri)) == 4
     monkeypatch.setenv(MAX_IMAGES_VARIABLE, "3")
     assert bound(mlflow.pyfunc.load_model(uri)) == 3
+
+
+BROKEN_SYNTAX = "\ndef broken(:\n"
+#: A wrapper that loads and answers, with nine classes.
+NINE_CLASSES = """
+_predict = MnistClassifier.predict
+MnistClassifier.predict = lambda self, context, model_input, params=None: (
+    _predict(self, context, model_input, params)[:, :9]
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """A store with v1 as logged, v2 and v3 logged with broken copies of its code."""
+    root = tmp_path_factory.mktemp("shipped")
+    client = tracking_store.connect(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.create_experiment(
+        "shipped", artifact_location=(root / "mlruns").as_uri()
+    )
+    keras_path = root / "model.keras"
+    build_model().save(keras_path)
+    example = np.zeros((1, 28, 28), np.uint8)
+    copy = packaging.serving_code
+    with pytest.MonkeyPatch.context() as patch:
+        for tail in ("", BROKEN_SYNTAX, NINE_CLASSES):
+
+            def broken_copy(folder: Path, tail: str = tail) -> Path:
+                package = copy(folder)
+                with (package / "serving.py").open("a") as serving:
+                    serving.write(tail)
+                return package
+
+            patch.setattr(packaging, "serving_code", broken_copy)
+            with runs.tracked_run(client, experiment, None, {}) as run_id:
+                packaging.log_model(run_id, keras_path, "shipped-cnn", example, {})
+    rng = np.random.default_rng(0)
+    test = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    dataset = Dataset(test, np.arange(40) % 10, test, np.arange(40) % 10, "tiny", "t")
+    ref = save_dataset(dataset, root / "datasets")
+    return client, str(keras_path), ref
+
+
+def test_the_gate_checks_each_version_with_the_code_shipped_with_it(shipped):
+    client, keras_path, ref = shipped
+    tracking_store.connect(client.tracking_uri)
+    paths = len(sys.path)
+    started = time.monotonic()
+    good = check_candidate.fn("shipped-cnn", "1", keras_path, ref, seed=0)
+    print(f"served-model check in a fresh process: {time.monotonic() - started:.1f} s")
+    assert good.serving_difference <= gate.SERVING_TOLERANCE
+    assert good.serving_agreement == 1.0
+
+    with pytest.raises(ServedModelError) as failed:
+        check_candidate.fn("shipped-cnn", "2", keras_path, ref, seed=0)
+    message = str(failed.value)
+    assert "models:/shipped-cnn/2 fails as a fresh process loads it" in message
+    assert "SyntaxError" in message and "mnist_pipeline/serving.py" in message
+
+    with pytest.raises(ServedModelError) as failed:
+        check_candidate.fn("shipped-cnn", "3", keras_path, ref, seed=0)
+    assert str(failed.value) == (
+        "models:/shipped-cnn/3 answers 40 image(s) with shape (40, 9) as a fresh "
+        "process loads it; its signature says (40, 10)."
+    )
+    assert len(sys.path) == paths  # nothing loaded here: nothing left on it
