@@ -25,6 +25,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from mnist_pipeline import registry
 from mnist_pipeline.config import ServeConfig
@@ -126,7 +127,32 @@ def log_model(
         )
     version = str(info.registered_model_version)
     registry.set_version_tags(client, model_name, version, tags)
+    _list_each_version_once(client, info.model_id)
     return info.model_uri, version
+
+
+def _list_each_version_once(client: MlflowClient, model_id: str) -> None:
+    """Drop repeats from the logged model's ``mlflow.modelVersions`` tag.
+
+    Registering through a tracking server, MLflow 3.17 lists the new version
+    twice: the server's create-model-version handler adds it, then the client's
+    ``_register_model`` appends it again without looking.
+    """
+    listed = client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS)
+    if not listed:
+        return
+    entries = json.loads(listed)
+    # The server writes the version as a number, the client as a string.
+    seen, unique = set(), []
+    for entry in entries:
+        key = (entry.get("name"), str(entry.get("version")))
+        if key not in seen:
+            seen.add(key)
+            unique.append(entry)
+    if unique != entries:
+        client.set_logged_model_tags(
+            model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(unique)}
+        )
 
 
 #: The modules of this package the served model imports (``serving_model.py``
