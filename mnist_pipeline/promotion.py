@@ -109,12 +109,15 @@ def compare_and_promote(
     thresholds: gate.Thresholds,
     rescore: Rescore,
     logger: logging.Logger | logging.LoggerAdapter,
+    prefect_flow_run: str | None = None,
 ) -> GateOutcome:
     """Compare with the champion read now; promote when the gate says so.
 
-    The move checks that ``@champion`` is still the version compared with; when
-    it moved meanwhile (a writer outside the lock), the comparison is redone
-    against the new one, up to :data:`MAX_COMPARISONS` times.
+    The move is recorded in the alias's history with the verdict as its reason,
+    this MLflow run and ``prefect_flow_run``. The move checks that
+    ``@champion`` is still the version compared with; when it moved meanwhile
+    (a writer outside the lock), the comparison is redone against the new one,
+    up to :data:`MAX_COMPARISONS` times.
 
     Raises:
         RegistryError: the champion kept moving.
@@ -134,7 +137,10 @@ def compare_and_promote(
                 model_name,
                 version,
                 by="gate",
-                reason=f"run {run_id}",
+                reason=outcome.verdict,
+                who="promotion gate",
+                mlflow_run=run_id,
+                prefect_flow_run=prefect_flow_run,
                 expected=outcome.compared_with,
                 check_expected=True,
             )

@@ -82,6 +82,7 @@ def publish_candidate(
         per_class=candidate.evaluation.per_class,
         dataset=ref.name,
         digest=ref.digest,
+        split_digests=ref.split_digests,
         model_name=candidate.model_name,
         version=candidate.version,
         version_url=registry.version_url(

@@ -24,6 +24,7 @@ from mnist_pipeline.preprocess import scale_images
 from mnist_pipeline.promotion import GateOutcome
 from mnist_pipeline.report import gate_markdown, held_verdict, nothing_trained
 from mnist_pipeline.serving import as_model_input, predict_probabilities
+from tasks.lineage import flow_run_label
 from tasks.locking import promotion_lock
 from tasks.report import publish_existing
 from tasks.track import MLFLOW_RETRY, ExistingVersion
@@ -198,6 +199,7 @@ def promote_if_better(
             thresholds=thresholds,
             rescore=lambda current: _rescore(model_name, current, ref),
             logger=logger,
+            prefect_flow_run=flow_run_label(),
         )
         _record(client, run_id, model_name, version, outcome, candidate, ref)
     logger.info("Gate, %s v%s: %s", model_name, version, outcome.verdict)
