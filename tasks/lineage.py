@@ -76,8 +76,8 @@ def run_name(prefix: str, data: str, details: str) -> str:
 
 def model_label(uri: str) -> str:
     """A model URI in a run name: ``champion`` (``models:/m@champion``), ``v3``
-    (``models:/m/3``), else its last part."""
-    ref = uri.rstrip("/").rsplit("/", 1)[-1]
+    (``models:/m/3``), else its last part (never a query: it may hold a token)."""
+    ref = uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     if "@" in ref:
         return ref.split("@", 1)[1]
     return f"v{ref}" if ref.isdigit() else ref

@@ -118,7 +118,7 @@ def test_an_unchanged_night_trains_and_registers_nothing(server, datasets, tmp_p
     assert aliases(client, model) == {"champion": "1", "challenger": "1"}
     assert run_count(client, model) == runs, "a skipped night opened an MLflow run"
     summary = asyncio.run(_summary(again))
-    assert "nothing to train" in summary and "[mnist-cnn version 1](" in summary
+    assert "nothing to train" in summary and f"[{model} version 1](" in summary
 
     changed = mnist_training(night(tmp_path, datasets["a"], model, seed=1))
     assert not changed.skipped and changed.version == "2"

@@ -65,3 +65,18 @@ def test_failure_reason_is_redacted(mlflow_store):
             raise OSError("cannot reach https://svc:pa55@store/bucket")
     reason = client.get_run(run_id).data.tags["failure_reason"]
     assert "pa55" not in reason and "svc:REDACTED@store" in reason
+
+
+@pytest.mark.parametrize(
+    ("uri", "label"),
+    [
+        ("models:/mnist-cnn@champion", "champion"),
+        ("models:/mnist-cnn/3", "v3"),
+        ("https://host/models/model?token=s3cret", "model"),
+        ("runs:/abc/model", "model"),
+    ],
+)
+def test_a_run_name_never_carries_a_model_uris_query(uri, label):
+    from tasks.lineage import model_label
+
+    assert model_label(uri) == label
