@@ -191,6 +191,38 @@ def _serving_rows(result: dict) -> list[str]:
         f"{cost['before'][1]:.1f} ({cost['before'][2]}) | "
         f"{cost['before'][1] / max(cost['after'][1], 0.01):,.0f}× less CPU |"
     )
+    return rows + _follow_rows(result)
+
+
+def _follow_rows(result: dict) -> list[str]:
+    """The huge picture and the alias moves (``serve-model`` only)."""
+    after = result["sides"]["after"]
+    if not after.get("follow"):
+        return []
+    pictures = after["huge_picture"]
+    rows = [
+        f"| One {result['huge_picture_bytes'] / 1e3:.0f} KB PNG of 7000×7000 RGBA "
+        f"pixels to /predict-image: s until the answer; server CPU s; largest rise "
+        f"of a worker's peak RSS, MB (HTTP status) | "
+        f"{_median(p['seconds'] for p in pictures):.2f}; "
+        f"{_median(p['server_cpu_s'] for p in pictures):.2f}; "
+        f"{_median(p['peak_rise_mb'] for p in pictures):.0f} "
+        f"({pictures[0]['status']}) | | |"
+    ]
+    runs = after["follow"]
+    for label, words in (("still", "alias still"), ("moved", "two alias moves")):
+        rows.append(
+            f"| Serving under 8 clients for 16 s, {words}: req/s (p50 / p99 ms); "
+            f"errors | {_load([r[label] for r in runs])}; "
+            f"{sum(r[label]['errors'] + r[label]['probe_errors'] for r in runs)} "
+            "| | |"
+        )
+    delays = [d for r in runs for d in r["moved"]["to_new_version_s"]]
+    shown = ", ".join("never" if d is None else f"{d:.1f}" for d in delays)
+    rows.append(
+        f"| ↳ s from a move to the first answer from the new version (watch "
+        f"interval {runs[0]['moved']['watch_interval_s']:g} s) | {shown} | | |"
+    )
     return rows
 
 
