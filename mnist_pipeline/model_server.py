@@ -55,6 +55,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -80,9 +81,10 @@ VERSION_HEADER = "X-Model-Version"
 #: Pictures are reduced to this longest side in Pillow, before any array of
 #: them exists (``normalise_photo`` then works at half of it).
 PICTURE_SIDE = 1024
-#: A version that failed is tried again after this many seconds while the alias
-#: still names it (a download cut by a network blip is not final); the same
-#: failure is not logged again.
+#: A version whose download failed is tried again after this many seconds while
+#: the alias still names it (a network blip is not final); the same failure is
+#: not logged again. One that failed to load or its check is not tried again
+#: until the alias moves away and back.
 RETRY_FAILED_AFTER = 60.0
 
 _BATCH_ADVICE = (
@@ -176,6 +178,7 @@ class ModelFollower:
         self.interval, self.uri, self.alias = interval, uri, alias
         self._poll, self._load, self._clock = poll, load, clock
         self._failed_at = 0.0
+        self._refused_until_moved: str | None = None
         self._unset_logged = False
         self._stop = threading.Event()
 
@@ -195,15 +198,19 @@ class ModelFollower:
             self._registry_failed(exc)
             return False
         self._registry_answered(target)
+        failure = self.last_failure
+        if failure is not None and failure.version != target:
+            self._refused_until_moved = None  # the alias moved away from it
         if target is None or target == self.current.version:
             return False
-        failure = self.last_failure
-        if (
-            failure is not None
-            and failure.version == target
-            and self._clock() - self._failed_at < RETRY_FAILED_AFTER
-        ):
-            return False
+        if failure is not None and failure.version == target:
+            # A version that did not load or failed its check fails the same
+            # way again: it waits for the alias to move. A cut download may
+            # not be final: tried again after a while.
+            if self._refused_until_moved == target:
+                return False
+            if self._clock() - self._failed_at < RETRY_FAILED_AFTER:
+                return False
         try:
             candidate = self._load(target, self.current.schema)
         except Exception as exc:
@@ -258,6 +265,8 @@ class ModelFollower:
     def _refuse(self, version: str, exc: Exception) -> None:
         reason = _describe(exc)
         self._failed_at = self._clock()
+        if not reason.startswith("download:"):
+            self._refused_until_moved = version
         known = self.last_failure
         if known is not None and (known.version, known.reason) == (version, reason):
             return
@@ -311,11 +320,15 @@ class ModelFollower:
         }
 
 
-def check_candidate(model: Any, served_schema: Any) -> None:
+def check_candidate(
+    model: Any, served_schema: Any, served_outputs: Any | None = None
+) -> None:
     """Refuse a loaded version that must not take traffic.
 
-    It must take the served input signature and answer its own logged input
-    example with one row per image of finite probabilities that sum to 1.
+    It must take the served input signature (and declare the served output
+    signature, when given) and answer its own logged input example with one
+    row per image of as many non-negative, finite probabilities as its output
+    signature declares, summing to 1.
 
     Raises:
         CandidateRefused: with the reason.
@@ -327,18 +340,33 @@ def check_candidate(model: Any, served_schema: Any) -> None:
         raise CandidateRefused(
             f"its input signature {schema} is not the served one {served_schema}"
         )
+    outputs = model.metadata.get_output_schema()
+    if served_outputs is not None and outputs != served_outputs:
+        raise CandidateRefused(
+            f"its output signature {outputs} is not the served one {served_outputs}"
+        )
     example = model.input_example
     if example is None:
         raise CandidateRefused("it was logged without an input example to check")
     answer = np.asarray(model.predict(example), dtype=np.float64)
     rows = len(example)
-    if answer.ndim != 2 or answer.shape[0] != rows:
+    width = _declared_width(outputs)
+    if (
+        answer.ndim != 2
+        or answer.shape[0] != rows
+        or width not in (None, answer.shape[1])
+    ):
         raise CandidateRefused(
             f"its answer to its {rows}-image input example has shape {answer.shape}"
+            + (f", not ({rows}, {width})" if width else "")
         )
     if not np.isfinite(answer).all():
         raise CandidateRefused(
             "its answer to its input example holds values that are not finite"
+        )
+    if (answer < 0).any():
+        raise CandidateRefused(
+            "its answer to its input example holds negative probabilities"
         )
     sums = answer.sum(axis=1)
     if not np.allclose(sums, 1.0, atol=1e-3):
@@ -347,7 +375,21 @@ def check_candidate(model: Any, served_schema: Any) -> None:
         )
 
 
-def load_version(name: str, version: str, work_dir: str, served_schema: Any):
+def _declared_width(outputs: Any | None) -> int | None:
+    """The number of columns an output signature declares (a tensor's last
+    dimension); None when it declares none."""
+    specs = getattr(outputs, "inputs", None) or []
+    shape = getattr(specs[0], "shape", None) if len(specs) == 1 else None
+    return int(shape[-1]) if shape and shape[-1] > 0 else None
+
+
+def load_version(
+    name: str,
+    version: str,
+    work_dir: str,
+    served_schema: Any,
+    served_outputs: Any | None = None,
+):
     """Download, load, check and warm up one registered version.
 
     Raises:
@@ -372,7 +414,7 @@ def load_version(name: str, version: str, work_dir: str, served_schema: Any):
         with _step("load"):
             model = load_pyfunc(path)
         with _step("check"):
-            check_candidate(model, served_schema)
+            check_candidate(model, served_schema, served_outputs)
             warm_up(model)
     finally:
         # The loaded model holds what it needs in memory.
@@ -764,9 +806,14 @@ def create_app() -> ASGIApp:
             settings.request_timeout,
         )
 
+    # MLflow's app answers /ping, /health and /version; it reads only the
+    # model's metadata, and a stand-in keeps it from holding the first model
+    # (and its memory) for the worker's life after a swap.
+    fallback = scoring_server.init(SimpleNamespace(metadata=model.metadata))
+    del model
     return BoundedScoring(
         {"/invocations": invocations, IMAGE_PATH: picture},
-        scoring_server.init(model),
+        fallback,
         settings.max_body_bytes,
         settings.request_timeout,
         follower,
@@ -802,11 +849,14 @@ def _follower(settings: WorkerSettings, served: ServedModel) -> ModelFollower:
 
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     name, alias = settings.model_name, settings.alias
+    # Every version must answer as the first one does (a swap must not change
+    # what clients get back).
+    outputs = served.model.metadata.get_output_schema()
     return ModelFollower(
         served,
         poll=lambda: registry.alias_version(client, name, alias),
         load=lambda version, schema: load_version(
-            name, version, settings.work_dir, schema
+            name, version, settings.work_dir, schema, outputs
         ),
         interval=settings.watch_interval,
         uri=settings.model_uri,

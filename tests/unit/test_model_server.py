@@ -191,8 +191,9 @@ def test_other_paths_go_to_mlflow_app(path):
 class Registry:
     """An alias that the test moves, and versions that load or fail."""
 
-    def __init__(self, alias="1", broken=()):
+    def __init__(self, alias="1", broken=(), step="load"):
         self.alias, self.broken, self.loads = alias, set(broken), []
+        self.step = step  # where a broken version fails
 
     def poll(self):
         return self.alias
@@ -200,7 +201,7 @@ class Registry:
     def load(self, version, schema):
         self.loads.append(version)
         if version in self.broken:
-            raise CandidateRefused(f"load: v{version} is broken")
+            raise CandidateRefused(f"{self.step}: v{version} is broken")
         return served(version, model=f"model {version}", schema=schema)
 
 
@@ -269,9 +270,9 @@ def test_a_failed_version_is_never_served_logged_once_and_the_next_one_taken(
     assert follower.status()["served_version"] == "4"
 
 
-def test_a_failed_version_is_tried_again_after_a_while_and_logged_once(caplog):
+def test_a_failed_download_is_tried_again_after_a_while_and_logged_once(caplog):
     now = [0.0]
-    registry = Registry(alias="3", broken={"3"})
+    registry = Registry(alias="3", broken={"3"}, step="download")
     follower = follower_of(registry, clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="uvicorn.error"):
         follower.poll_once()
@@ -284,6 +285,22 @@ def test_a_failed_version_is_tried_again_after_a_while_and_logged_once(caplog):
         now[0] = 200.0
         assert follower.poll_once() and follower.current.version == "3"
     assert sum("is not served" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_version_that_failed_to_load_waits_for_the_alias_to_move():
+    now = [0.0]
+    registry = Registry(alias="3", broken={"3"})  # fails to load or its check
+    follower = follower_of(registry, clock=lambda: now[0])
+    follower.poll_once()
+    now[0] = 3600.0
+    follower.poll_once()
+    assert registry.loads == ["3"]  # the same model would fail the same way
+    registry.alias = "1"  # rolled back: v1 serves still
+    follower.poll_once()
+    registry.broken.clear()
+    registry.alias = "3"  # moved to v3 again: tried again
+    assert follower.poll_once() and follower.current.version == "3"
+    assert registry.loads == ["3", "3"]
 
 
 def test_registry_errors_are_logged_and_the_served_version_stays(monkeypatch, caplog):
@@ -363,22 +380,27 @@ from mlflow.pyfunc import PythonModel
 class Answer(PythonModel):
     def predict(self, context, model_input, params=None):
         rows = len(model_input)
-        return np.full((rows, 10), {value}, np.float32)
+        return np.full((rows, {columns}), {value}, np.float32)
 
 
 set_model(Answer())
 """
 
 
-def save_tiny_model(folder, value: str, width: int = 28, code_paths=None) -> str:
-    """A real pyfunc model answering ``value`` for every class; its path."""
+def save_tiny_model(
+    folder, value: str, width: int = 28, code_paths=None, columns: int = 10
+) -> str:
+    """A real pyfunc model answering ``value`` for every class (``columns`` of
+    them, declaring 10); its path."""
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
     name = f"{value}-{width}-{bool(code_paths)}".replace(".", "_")
+    if columns != 10 or not name.replace("-", "").replace("_", "").isalnum():
+        name = f"model{abs(hash((value, width, columns))) % 10**8}"
     code = folder / f"{name}.py"
-    code.write_text(_MODEL_CODE.format(value=value))
+    code.write_text(_MODEL_CODE.format(value=value, columns=columns))
     path = folder / name
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, width))]),
@@ -405,6 +427,8 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
         "nan": save_tiny_model(folder, "np.nan"),
         "other": save_tiny_model(folder, "0.1", width=27),
         "half": save_tiny_model(folder, "0.05"),
+        "nine": save_tiny_model(folder, "1 / 9", columns=9),
+        "negative": save_tiny_model(folder, "np.r_[np.full(9, 0.2), -0.8]"),
         "with_code": save_tiny_model(
             folder, "0.1", code_paths=[str(folder / "0_1-28-False.py")]
         ),
@@ -419,6 +443,8 @@ def test_check_candidate_takes_a_good_model_and_says_why_it_refuses(tiny_models)
         "nan": "values that are not finite",
         "other": r"input signature .*-1, 28, 27.* is not the served one",
         "half": r"sum to \[0.5\d*, 0.5\d*\], not 1",
+        "nine": r"shape \(2, 9\), not \(2, 10\)",
+        "negative": "negative probabilities",
     }
     for name, reason in refusals.items():
         with pytest.raises(CandidateRefused, match=reason):
