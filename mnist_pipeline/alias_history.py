@@ -27,6 +27,7 @@ from mlflow.entities import Run, RunStatus, ViewType
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE, MLFLOW_USER
 
 from mnist_pipeline import tracking_store
+from mnist_pipeline.errors import ExperimentDeletedError, RegistryError
 from mnist_pipeline.report import code_aliases
 
 #: What can move the alias; ``rollback`` moves are undone by nothing but moves.
@@ -94,9 +95,7 @@ def open_record(
     mover: Mover,
 ) -> str:
     """Record a move about to happen (RUNNING); return the record's run id."""
-    experiment_id = tracking_store.ensure_experiment(
-        client, experiment_name(model_name)
-    )
+    experiment_id = _history_experiment(client, model_name)
     seq = _last_seq(client, experiment_id) + 1
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     tags = {
@@ -125,6 +124,26 @@ def open_record(
     return run.info.run_id
 
 
+def _history_experiment(client: MlflowClient, model_name: str) -> str:
+    """The history experiment's id, created when missing.
+
+    Raises:
+        RegistryError: it was deleted; nothing moves until it is restored.
+    """
+    try:
+        return tracking_store.ensure_experiment(client, experiment_name(model_name))
+    except ExperimentDeletedError as exc:
+        number = client.get_experiment_by_name(
+            experiment_name(model_name)
+        ).experiment_id
+        raise RegistryError(
+            f"The history of {model_name}'s @champion, MLflow experiment "
+            f"{experiment_name(model_name)!r} (id {number}), was deleted; no move "
+            "of the alias goes unrecorded, so nothing was moved. Restore it with "
+            f"`mlflow experiments restore --experiment-id {number}`."
+        ) from exc
+
+
 def close_record(client: MlflowClient, record_id: str, moved: bool) -> None:
     """Close a record: FINISHED when the alias moved, FAILED when it did not."""
     client.set_terminated(record_id, "FINISHED" if moved else "FAILED")
@@ -148,8 +167,9 @@ def read_moves(client: MlflowClient, model_name: str) -> list[Move]:
     experiment = client.get_experiment_by_name(experiment_name(model_name))
     if experiment is None:
         return []
-    moves = [_move(run) for run in _runs(client, experiment.experiment_id, "")]
-    return sorted(moves, key=lambda move: move.seq)
+    runs = _runs(client, experiment.experiment_id, "")
+    ordered = sorted(runs, key=lambda run: (_seq(run), run.info.start_time))
+    return [_move(run) for run in ordered]
 
 
 def champion_stack(moves: Iterable[Move], current: str | None) -> list[str]:
@@ -162,16 +182,25 @@ def champion_stack(moves: Iterable[Move], current: str | None) -> list[str]:
     """
     stack: list[str] = []
     for move in moves:
-        if move.done:
-            _step(stack, move.to_version, rollback=move.by == "rollback")
+        if not move.done:
+            continue
+        # The version a move started from was champion, recorded or not (set
+        # before the history began, or by hand in the MLflow UI).
+        if move.from_version is not None and (
+            not stack or stack[-1] != move.from_version
+        ):
+            _step(stack, move.from_version, rollback=True)
+        _step(stack, move.to_version, rollback=move.by == "rollback")
     if current is not None and (not stack or stack[-1] != current):
         _step(stack, current, rollback=True)
     return stack
 
 
 def was_champion(moves: Iterable[Move], version: str) -> bool:
-    """Whether a recorded move made ``version`` the champion."""
-    return any(move.done and move.to_version == version for move in moves)
+    """Whether a recorded move made ``version`` the champion or moved it away."""
+    return any(
+        move.done and version in (move.to_version, move.from_version) for move in moves
+    )
 
 
 def format_table(moves: Sequence[Move]) -> list[str]:
@@ -227,10 +256,16 @@ def _row(move: Move) -> tuple[str, ...]:
         change,
         move.by,
         move.who,
-        move.reason,
+        _cell(move.reason),
         move.mlflow_run or "",
         move.prefect_flow_run or "",
     )
+
+
+def _cell(text: str, limit: int = 120) -> str:
+    """One line of at most ``limit`` characters (the record keeps it whole)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _step(stack: list[str], version: str, *, rollback: bool) -> None:
@@ -241,13 +276,13 @@ def _step(stack: list[str], version: str, *, rollback: bool) -> None:
 
 
 def _last_seq(client: MlflowClient, experiment_id: str) -> int:
-    found = client.search_runs(
-        [experiment_id],
-        run_view_type=ViewType.ALL,
-        max_results=1,
-        order_by=["attributes.start_time DESC"],
-    )
-    return int(found[0].data.tags.get("move.seq", "0")) if found else 0
+    # The highest number given, not the newest run's: start times come from
+    # each writer's clock.
+    seqs = [
+        int(run.data.tags.get("move.seq", "0"))
+        for run in _runs(client, experiment_id, "")
+    ]
+    return max(seqs, default=0)
 
 
 def _runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
@@ -267,10 +302,14 @@ def _runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list[
             return runs
 
 
+def _seq(run: Run) -> int:
+    return int(run.data.tags.get("move.seq", "0"))
+
+
 def _move(run: Run) -> Move:
     tags = run.data.tags
     return Move(
-        seq=int(tags.get("move.seq", "0")),
+        seq=_seq(run),
         at=tags.get("move.at", ""),
         from_version=_version(tags.get("move.from")),
         to_version=tags.get("move.to", ""),

@@ -10,6 +10,7 @@ so it fails the decision instead of becoming one. The one exception is
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 
@@ -209,8 +210,14 @@ def move_champion(
     record = alias_history.open_record(client, name, previous, version, mover)
     try:
         client.set_registered_model_alias(name, CHAMPION, version)
-    except BaseException:
-        alias_history.close_record(client, record, moved=False)
+    except MlflowException:
+        # The write may have gone through before its answer was lost: the
+        # record says what the alias says now. When the registry cannot tell,
+        # the record stays open and the next move settles it; either way the
+        # error that stopped this move is the one raised.
+        with contextlib.suppress(MlflowException):
+            moved = alias_version(client, name, CHAMPION) == version
+            alias_history.close_record(client, record, moved=moved)
         raise
     alias_history.close_record(client, record, moved=True)
     _record_change(
@@ -267,7 +274,7 @@ def rollback_target(
 
 
 def _previous_champion(
-    client: MlflowClient, name: str, moves: list, current: str
+    client: MlflowClient, name: str, moves: list[alias_history.Move], current: str
 ) -> str:
     stack = alias_history.champion_stack(moves, current)
     if len(stack) >= 2:

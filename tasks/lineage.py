@@ -101,7 +101,10 @@ def flow_run_label() -> str | None:
 
 
 def operator_label(operator: str) -> str:
-    """Who asked for an alias change: ``operator`` when given, else user@host."""
-    import socket
-
-    return operator or f"{_user()}@{socket.gethostname()}"
+    """Who asked for an alias change: ``operator`` when given; for a deployment's
+    run without one, that nobody was named (the worker's account is not the
+    person who pressed Run); else empty (the history records user@host)."""
+    if operator:
+        return operator
+    name = deployment.get_name()
+    return f"not given (Prefect deployment {name})" if name else ""

@@ -376,3 +376,57 @@ def test_the_promote_flow_on_the_champion_says_nothing_changed(
     undone = rollback_model(RollbackConfig())
     assert (undone.previous, undone.champion, undone.moved) == ("2", "1", True)
     assert _moves(client)[-1][:3] == ("rollback", "2", "1")
+
+
+def test_a_champion_set_before_the_history_can_be_rolled_back_to(three_versions):
+    client = three_versions
+    client.set_registered_model_alias("mnist-cnn", "champion", "1")  # by hand
+    registry.move_champion(client, "mnist-cnn", "2", by="gate", reason="better")
+    assert _rollback(client) == ("2", "1")
+    registry.move_champion(client, "mnist-cnn", "3", by="gate", reason="best")
+    client.set_registered_model_alias("mnist-cnn", "champion", "2")  # by hand
+    assert registry.rollback_target(client, "mnist-cnn", "1") == ("2", "1")
+
+
+class _LostAnswerClient:
+    """A real client whose alias write goes through (or not), then fails."""
+
+    def __init__(self, client, applied: bool) -> None:
+        self._client, self._applied = client, applied
+
+    def set_registered_model_alias(self, name, alias, version):
+        if self._applied:
+            self._client.set_registered_model_alias(name, alias, version)
+        raise MlflowException("read timed out", error_code=BAD_REQUEST)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+@pytest.mark.parametrize(("applied", "status"), [(True, "FINISHED"), (False, "FAILED")])
+def test_a_failed_alias_write_is_recorded_as_what_the_alias_says(
+    three_versions, applied, status
+):
+    client = three_versions
+    registry.move_champion(client, "mnist-cnn", "1", by="gate", reason="first")
+    with pytest.raises(MlflowException, match="read timed out"):
+        registry.move_champion(
+            _LostAnswerClient(client, applied),
+            "mnist-cnn",
+            "2",
+            by="promote",
+            reason="x",
+        )
+    last = alias_history.read_moves(client, "mnist-cnn")[-1]
+    assert (last.to_version, last.status) == ("2", status)
+    assert champion(client) == ("2" if applied else "1")
+
+
+def test_a_deleted_history_stops_every_move(three_versions):
+    client = three_versions
+    registry.move_champion(client, "mnist-cnn", "1", by="gate", reason="first")
+    history = client.get_experiment_by_name("mnist-cnn-champion-history")
+    client.delete_experiment(history.experiment_id)
+    with pytest.raises(RegistryError, match="mlflow experiments restore"):
+        registry.move_champion(client, "mnist-cnn", "2", by="promote", reason="x")
+    assert champion(client) == "1"

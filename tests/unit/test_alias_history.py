@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from mnist_pipeline.alias_history import Move, champion_stack, format_table
+from mnist_pipeline.alias_history import (
+    Move,
+    champion_stack,
+    format_table,
+    was_champion,
+)
 
 DONE, FAILED = "FINISHED", "FAILED"
 
@@ -64,3 +69,18 @@ def test_the_table_is_newest_first_and_marks_moves_that_did_not_happen():
     assert header.split()[:3] == ["#", "when", "(UTC)"]
     assert newest.startswith("2  2026-12-02 02:00:00  v1 -> v5 (did not move)")
     assert oldest.startswith("1  2026-12-01 02:00:00  none -> v1")
+
+
+def test_the_champion_a_first_recorded_move_replaced_can_be_gone_back_to():
+    # v1 became champion before the history began (or by hand in the UI).
+    moves = _moves(("gate", "1", "2"))
+    assert champion_stack(moves, "2") == ["1", "2"]
+    assert was_champion(moves, "1") and was_champion(moves, "2")
+    assert not was_champion(moves, "3")
+
+
+def test_a_long_reason_stays_on_one_line_of_the_table():
+    (move,) = _moves(("promote", None, "1"))
+    long = Move(**{**move.__dict__, "reason": "first line\nsecond " + "x" * 300})
+    _, row = format_table([long])
+    assert "\n" not in row and "first line second x" in row and row.endswith("…")
