@@ -28,9 +28,12 @@ from .test_serving import rss_mb, worker_pids
 
 NAME = "mnist-follow"
 WATCH = 0.5
-#: The module's server and test process share 2 cores: seconds allowed, beyond
-#: the watch interval and the load time a worker reports, for a swap to show.
-SLACK = 2.0
+#: The module's server, its four load clients and the test share 2 cores (and
+#: CI's machine may run other test files beside them): seconds allowed, beyond
+#: the watch interval and the load time a worker reports, for a swap to show in
+#: its log. 2 s held here; a busy CI box gets more room without hiding a server
+#: that does not follow (that one never swaps: wait_swapped fails).
+SLACK = 6.0
 
 _NAN_MODEL = """
 import numpy as np
