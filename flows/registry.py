@@ -11,15 +11,22 @@ what it did.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
+from mlflow import MlflowClient
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from mnist_pipeline import alias_history, registry, tracking_store
-from mnist_pipeline.config import HistoryConfig, PromoteConfig, RollbackConfig
+from mnist_pipeline.config import (
+    HistoryConfig,
+    PromoteConfig,
+    RegistryConfig,
+    RollbackConfig,
+)
 from mnist_pipeline.runtime import configure_flow_logs
 from tasks.lineage import flow_run_label, operator_label
 from tasks.locking import promotion_lock
@@ -78,27 +85,7 @@ def promote_model(config: PromoteConfig) -> AliasChange:
     client = tracking_store.connect()
     version = str(config.version)
     registry.check_version(client, config.model_name, version)
-    with promotion_lock(
-        config.model_name, client.tracking_uri, config.promotion_timeout
-    ):
-        previous = registry.move_champion(
-            client,
-            config.model_name,
-            version,
-            by="promote",
-            reason=config.reason,
-            who=operator_label(config.operator),
-            prefect_flow_run=flow_run_label(),
-        )
-    return _report(
-        AliasChange(
-            model_name=config.model_name,
-            previous=previous,
-            champion=version,
-            moved=previous != version,
-        ),
-        config.reason,
-    )
+    return _move(client, config, "promote", lambda: (None, version))
 
 
 @flow(name="mnist-rollback", flow_run_name=_rollback_name)
@@ -107,30 +94,48 @@ def rollback_model(config: RollbackConfig) -> AliasChange:
     configure_flow_logs()
     client = tracking_store.connect()
     to = str(config.to) if config.to else None
+    return _move(
+        client,
+        config,
+        "rollback",
+        lambda: registry.rollback_target(client, config.model_name, to),
+    )
+
+
+def _move(
+    client: MlflowClient,
+    config: RegistryConfig,
+    by: str,
+    choose: Callable[[], tuple[str | None, str]],
+) -> AliasChange:
+    """Under the promotion lock: choose the target, move and record; report.
+
+    ``choose`` returns the champion it expects (None: any) and the target; it
+    runs inside the lock, so a rollback reads the history no other move changes
+    meanwhile.
+    """
     with promotion_lock(
         config.model_name, client.tracking_uri, config.promotion_timeout
     ):
-        current, target = registry.rollback_target(client, config.model_name, to)
+        expected, target = choose()
         previous = registry.move_champion(
             client,
             config.model_name,
             target,
-            by="rollback",
+            by=by,
             reason=config.reason,
             who=operator_label(config.operator),
             prefect_flow_run=flow_run_label(),
-            expected=current,
-            check_expected=True,
+            expected=expected,
+            check_expected=expected is not None,
         )
-    return _report(
-        AliasChange(
-            model_name=config.model_name,
-            previous=previous,
-            champion=target,
-            moved=previous != target,
-        ),
-        config.reason,
+    change = AliasChange(
+        model_name=config.model_name,
+        previous=previous,
+        champion=target,
+        moved=previous != target,
     )
+    return _report(change, config.reason)
 
 
 @flow(name="mnist-champion-history", flow_run_name=_history_name)
