@@ -105,6 +105,9 @@ def run_count(client, model: str) -> int:
     return len(client.search_runs([experiment.experiment_id])) if experiment else 0
 
 
+# Four trainings and a prune (~2.5 min on 2 cores): CI runs it with -m slow. The
+# default run keeps the unchanged re-run itself (test_flow's first test).
+@pytest.mark.slow
 def test_an_unchanged_night_trains_and_registers_nothing(server, datasets, tmp_path):
     model = "unchanged"
     first = mnist_training(night(tmp_path, datasets["a"], model))
