@@ -832,10 +832,10 @@ def _freeze_imports() -> None:
     """
     import importlib
 
+    from mnist_pipeline.runtime import DropRetracingNotice
+
     importlib.import_module("keras")
-    logging.getLogger("tensorflow").addFilter(
-        lambda record: "triggered tf.function retracing" not in record.getMessage()
-    )
+    logging.getLogger("tensorflow").addFilter(DropRetracingNotice())
     gc.collect()
     gc.freeze()
 

@@ -131,13 +131,14 @@ class _HideExpectedTracebacks(logging.Filter):
         return True
 
 
-class _DropRetracingNotice(logging.Filter):
+class DropRetracingNotice(logging.Filter):
     """Drops TensorFlow's "excessive retracing" notice.
 
     A training run holds several models at once on purpose (the trained one, the
     registered candidate loaded back through MLflow, the champion); each one's
     first ``predict`` traces its own function, which TensorFlow counts as
-    retracing of one function and warns about after five.
+    retracing of one function and warns about after five. ``serve-model``'s
+    workers drop it too: each swapped-in version traces anew.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -147,7 +148,7 @@ class _DropRetracingNotice(logging.Filter):
 _FILTERS = {
     "prefect.flow_runs": _HideExpectedTracebacks(),
     "prefect.task_runs": _HideExpectedTracebacks(),
-    "tensorflow": _DropRetracingNotice(),
+    "tensorflow": DropRetracingNotice(),
 }
 
 

@@ -64,7 +64,7 @@ def test_configuring_twice_adds_each_filter_once():
     configure_flow_logs()
     configure_flow_logs()
     filters = logging.getLogger("tensorflow").filters
-    assert len([f for f in filters if type(f).__name__ == "_DropRetracingNotice"]) == 1
+    assert len([f for f in filters if type(f).__name__ == "DropRetracingNotice"]) == 1
 
 
 def test_tensorflow_loads_without_its_native_banner():
