@@ -16,7 +16,6 @@ alias did move to it and FAILED when it did not.
 
 from __future__ import annotations
 
-import getpass
 import socket
 import time
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE, MLFLOW_USER
 
 from mnist_pipeline import tracking_store
 from mnist_pipeline.errors import ExperimentDeletedError, RegistryError
+from mnist_pipeline.lineage import current_user
 from mnist_pipeline.report import code_aliases
 
 #: What can move the alias; ``rollback`` moves are undone by nothing but moves.
@@ -57,7 +57,7 @@ class Mover:
 
     def person(self) -> str:
         """``who``, or the user and host of this process."""
-        return self.who or f"{_user()}@{socket.gethostname()}"
+        return self.who or f"{current_user()}@{socket.gethostname()}"
 
 
 @dataclass(frozen=True)
@@ -353,13 +353,6 @@ def _description(
         f"({mover.person()}). Reason: {code_aliases(mover.reason)}"
         + (f". Made by {made}." if made else ".")
     )
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def _label(version: str | None) -> str:

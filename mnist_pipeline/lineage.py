@@ -14,6 +14,7 @@ the README or to the gate does not retrain anything.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import importlib.util
 import json
@@ -46,6 +47,15 @@ SWEEP_KEY_TAG = "sweep_key"
 PACKAGE = "mnist-pipeline"
 LOCK_FILE = "requirements.lock"
 _REPO = Path(__file__).resolve().parents[1]
+
+
+def current_user() -> str:
+    """The account this process runs as ("unknown" where the system has no name
+    for it, e.g. a container's numeric user)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 @cache

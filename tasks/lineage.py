@@ -7,7 +7,6 @@ digest, code version); the Prefect summary links the MLflow run and version.
 
 from __future__ import annotations
 
-import getpass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +29,7 @@ def flow_run_tags(entrypoint: str) -> dict[str, str]:
     tags = {
         MLFLOW_SOURCE_NAME: entrypoint,
         MLFLOW_SOURCE_TYPE: "JOB",
-        MLFLOW_USER: _user(),
+        MLFLOW_USER: lineage.current_user(),
         "prefect.flow_run_id": str(flow_run.get_id()),
         "prefect.flow_run_name": str(flow_run.get_name()),
         "prefect.flow_run_url": flow_run_url() or "temporary server (gone)",
@@ -81,13 +80,6 @@ def model_label(uri: str) -> str:
     if "@" in ref:
         return ref.split("@", 1)[1]
     return f"v{ref}" if ref.isdigit() else ref
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def flow_run_label() -> str | None:
