@@ -32,6 +32,7 @@ from mnist_pipeline.sweep import (
     max_concurrency,
     sweep_identity,
 )
+from tasks.approval import require_reachable_server
 from tasks.caching import cache_storage, cached
 from tasks.candidate import publish_candidate, register_and_gate
 from tasks.evaluate import evaluate
@@ -89,6 +90,8 @@ def mnist_sweep(config: SweepConfig = SweepConfig()) -> SweepResult:
     """
     configure_flow_logs()
     training = config.training
+    if training.approval == "required":
+        require_reachable_server()  # before any trial: someone must be able to answer
     workdir = os.path.abspath(training.workdir)  # trials run in other processes
     client = tracking_store.connect()
     experiment_id = tracking_store.ensure_experiment(client, training.experiment)

@@ -18,6 +18,7 @@ from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.lineage import TRAINING_KEY_TAG, training_key
 from mnist_pipeline.runtime import configure_flow_logs
+from tasks.approval import require_reachable_server
 from tasks.caching import cache_storage, cached
 from tasks.candidate import publish_candidate, register_and_gate
 from tasks.evaluate import evaluate
@@ -63,6 +64,8 @@ def mnist_training(config: TrainConfig = TrainConfig()) -> TrainingResult:
     already holds trains and registers nothing, unless ``config.retrain``.
     """
     configure_flow_logs()
+    if config.approval == "required":
+        require_reachable_server()  # before training: someone must be able to answer
     client = tracking_store.connect()
     experiment_id = tracking_store.ensure_experiment(client, config.experiment)
     lineage = flow_run_tags(ENTRYPOINT)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
@@ -93,8 +93,12 @@ def open_record(
     from_version: str | None,
     to_version: str,
     mover: Mover,
+    extra_tags: Mapping[str, str] | None = None,
 ) -> str:
-    """Record a move about to happen (RUNNING); return the record's run id."""
+    """Record a move about to happen (RUNNING); return the record's run id.
+
+    ``extra_tags`` (a person's approval of the move) join the move's tags.
+    """
     experiment_id = _history_experiment(client, model_name)
     seq = _last_seq(client, experiment_id) + 1
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -108,6 +112,7 @@ def open_record(
         "move.who": mover.person(),
         "move.reason": mover.reason[:4000],
         MLFLOW_USER: mover.person(),
+        **(extra_tags or {}),
     }
     if mover.mlflow_run:
         tags["move.mlflow_run"] = mover.mlflow_run

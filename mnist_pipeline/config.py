@@ -162,6 +162,38 @@ class TrainConfig(BaseModel):
     min_robust_accuracy: float = Field(
         0.80, ge=0, le=1, description="Gate: floor on shifted/noisy test accuracy"
     )
+    max_p_value: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description=(
+            "Gate: a gain over @champion counts only when McNemar's exact test on "
+            "the images only one of them gets right gives p at most this "
+            "(1: the test off, one more image right is enough)"
+        ),
+    )
+    release_reason: str = Field(
+        "",
+        max_length=2000,
+        description=(
+            "Release without improvement: why (e.g. a fix shipped with the model). "
+            "Set, the candidate need not beat @champion, only not be "
+            "significantly worse; every other check still applies"
+        ),
+    )
+    approval: Literal["none", "required"] = Field(
+        "none",
+        description=(
+            "required: a candidate that passes every check waits, paused, for a "
+            "person to approve it in the Prefect UI before it becomes @champion"
+        ),
+    )
+    approval_timeout: float = Field(
+        86400.0,
+        gt=0,
+        le=30 * 86400,
+        description="Seconds to wait for the approval; then the candidate expires",
+    )
     workdir: str = Field(
         DEFAULT_WORKDIR,
         min_length=1,

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 from mlflow import MlflowClient
 
-from mnist_pipeline import gate, registry
+from mnist_pipeline import gate, registry, runs
+from mnist_pipeline.approval import Approval
 from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.redact import redact_text
@@ -25,6 +26,8 @@ from mnist_pipeline.report import code_aliases, dataset_line, gate_sentence
 MAX_COMPARISONS = 3
 #: Scores a registered version on the candidate's test split.
 Rescore = Callable[[str], gate.Scores]
+#: What a version waiting for a person's decision carries meanwhile.
+PENDING_APPROVAL_TAGS = {"approval.decision": "pending"}
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,25 @@ class GateOutcome:
     decision: gate.Decision
     compared_with: str | None
     lineage: str
+    #: A person's decision, where the gate asked for one.
+    approval: Approval | None = None
 
     @property
     def verdict(self) -> str:
         """One line for the CLI and the run summary."""
         return gate_sentence(self.decision, self.compared_with)
+
+    def with_approval(self, approval: Approval) -> GateOutcome:
+        """This outcome with the person's decision as one more check."""
+        decision = self.decision
+        checks = [*decision.checks, approval.check()]
+        return replace(
+            self,
+            decision=replace(
+                decision, promote=decision.promote and approval.approved, checks=checks
+            ),
+            approval=approval,
+        )
 
 
 @dataclass(frozen=True)
@@ -78,13 +95,37 @@ def read_champion(
         return Champion(None, None, "no champion yet")
     if current == version:  # a retried run whose alias move had gone through
         return Champion(current, None, f"v{current} is this version already")
-    tags = client.get_model_version(model_name, current).tags
-    recorded = gate.recorded_scores(tags, test_digest)
+    found = client.get_model_version(model_name, current)
+    recorded = version_scores(client, found.tags, found.run_id, test_digest)
     if recorded is not None:
         return Champion(
             current, recorded, f"same test split as v{current} ({test_digest})"
         )
-    return Champion(current, rescore(current), rescored_lineage(current, tags, ref))
+    return Champion(
+        current, rescore(current), rescored_lineage(current, found.tags, ref)
+    )
+
+
+def version_scores(
+    client: MlflowClient,
+    tags: Mapping[str, str],
+    run_id: str | None,
+    test_digest: str,
+) -> gate.Scores | None:
+    """A version's recorded scores on ``test_digest`` with which images it got
+    right (its run's :data:`~mnist_pipeline.gate.PREDICTIONS_ARTIFACT`).
+
+    None when it was tested on other images, or its run kept no answers per
+    image (versions from before the paired test): it must be scored again.
+    """
+    counts = gate.recorded_scores(tags, test_digest)
+    if counts is None or not run_id:
+        return None
+    record = runs.load_json_artifact(client, run_id, gate.PREDICTIONS_ARTIFACT)
+    right = None if record is None else gate.recorded_right(record, test_digest)
+    if right is None or right.size != counts.total or right.sum() != counts.correct:
+        return None
+    return replace(counts, right=right)
 
 
 def rescored_lineage(current: str, tags: Mapping[str, str], ref: DatasetRef) -> str:
@@ -110,25 +151,35 @@ def compare_and_promote(
     rescore: Rescore,
     logger: logging.Logger | logging.LoggerAdapter,
     prefect_flow_run: str | None = None,
+    release_reason: str = "",
+    approval: Approval | None = None,
 ) -> GateOutcome:
     """Compare with the champion read now; promote when the gate says so.
 
     The move is recorded in the alias's history with the verdict as its reason,
-    this MLflow run and ``prefect_flow_run``. The move checks that
-    ``@champion`` is still the version compared with; when it moved meanwhile
-    (a writer outside the lock), the comparison is redone against the new one,
-    up to :data:`MAX_COMPARISONS` times.
+    this MLflow run, ``prefect_flow_run`` and the ``approval`` (a person's
+    decision, counted as one more check). The move checks that ``@champion`` is
+    still the version compared with; when it moved meanwhile (a writer outside
+    the lock), the comparison is redone against the new one, up to
+    :data:`MAX_COMPARISONS` times.
 
     Raises:
         RegistryError: the champion kept moving.
     """
     for _ in range(MAX_COMPARISONS):
-        found = read_champion(client, model_name, version, ref, rescore)
-        outcome = GateOutcome(
-            gate.decide(candidate, checks, found.scores, thresholds),
-            found.version,
-            found.lineage,
+        outcome = compare(
+            client,
+            model_name=model_name,
+            version=version,
+            candidate=candidate,
+            checks=checks,
+            ref=ref,
+            thresholds=thresholds,
+            rescore=rescore,
+            release_reason=release_reason,
         )
+        if approval is not None:
+            outcome = outcome.with_approval(approval)
         if not outcome.decision.promote or outcome.compared_with == version:
             return outcome
         try:
@@ -143,6 +194,7 @@ def compare_and_promote(
                 prefect_flow_run=prefect_flow_run,
                 expected=outcome.compared_with,
                 check_expected=True,
+                extra_tags=approval.tags() if approval else None,
             )
         except registry.ChampionMovedError as moved:
             logger.warning("%s Comparing again.", moved)
@@ -151,6 +203,27 @@ def compare_and_promote(
     raise RegistryError(
         f"@champion of '{model_name}' moved {MAX_COMPARISONS} times during "
         "the comparison; nothing was promoted."
+    )
+
+
+def compare(
+    client: MlflowClient,
+    *,
+    model_name: str,
+    version: str,
+    candidate: gate.Scores,
+    checks: gate.CandidateChecks,
+    ref: DatasetRef,
+    thresholds: gate.Thresholds,
+    rescore: Rescore,
+    release_reason: str = "",
+) -> GateOutcome:
+    """The gate's verdict against the champion read now; nothing moves."""
+    found = read_champion(client, model_name, version, ref, rescore)
+    return GateOutcome(
+        gate.decide(candidate, checks, found.scores, thresholds, release_reason),
+        found.version,
+        found.lineage,
     )
 
 
@@ -165,15 +238,28 @@ def gate_record(
     No metrics: a one-bar chart per figure buried the training curves.
     """
     decision = outcome.decision
+    tags = {
+        "gate.decision": "promoted" if decision.promote else "rejected",
+        "gate.compared_with": _label(outcome.compared_with),
+        "gate.reason": outcome.verdict,
+    }
+    if decision.paired is not None:
+        tags |= {
+            "gate.p_value": f"{decision.paired.p_value:.4g}",
+            "gate.only_candidate_right": str(decision.paired.c),
+            "gate.only_champion_right": str(decision.paired.b),
+        }
+    if outcome.approval is not None:
+        tags |= outcome.approval.tags()
     return GateRecord(
-        tags={
-            "gate.decision": "promoted" if decision.promote else "rejected",
-            "gate.compared_with": _label(outcome.compared_with),
-            "gate.reason": outcome.verdict,
-        },
+        tags=tags,
         metrics={},
         record=decision.as_dict()
-        | {"compared_with": outcome.compared_with, "lineage": outcome.lineage},
+        | {
+            "compared_with": outcome.compared_with,
+            "lineage": outcome.lineage,
+            "approval": asdict(outcome.approval) if outcome.approval else None,
+        },
         description=version_description(outcome, candidate, ref),
     )
 

@@ -188,9 +188,12 @@ def move_champion(
     prefect_flow_run: str | None = None,
     expected: str | None = None,
     check_expected: bool = False,
+    extra_tags: Mapping[str, str] | None = None,
 ) -> str | None:
     """Make ``version`` the champion, with its record in the alias's history;
     return the previous champion.
+
+    ``extra_tags`` (a person's approval) go on the record beside the move's.
 
     Call it holding the promotion lock (``tasks.locking.promotion_lock``). The
     champion is read again right before the move; with ``check_expected`` a
@@ -207,7 +210,9 @@ def move_champion(
         return previous
     mover = alias_history.Mover(by, reason, who, mlflow_run, prefect_flow_run)
     alias_history.settle_open_records(client, name, previous)
-    record = alias_history.open_record(client, name, previous, version, mover)
+    record = alias_history.open_record(
+        client, name, previous, version, mover, extra_tags
+    )
     try:
         client.set_registered_model_alias(name, CHAMPION, version)
     except MlflowException:

@@ -137,15 +137,30 @@ def per_class_rows(per_class: Sequence[Mapping[str, float]]) -> list[dict[str, s
 
 
 def gate_sentence(decision: Decision, compared_with: str | None) -> str:
-    """The gate's verdict in one line, naming the champion it was compared with."""
+    """The gate's verdict in one line, naming the champion it was compared with,
+    with the evidence (images, p-value) and a person's decision where there was
+    one."""
+    details = {c.name: c for c in decision.checks}
+    approval = details.get("approval")
+    signed = f"; {approval.detail}" if approval and approval.passed else ""
     if not decision.promote:
-        return "kept as @challenger: " + "; ".join(decision.reasons)
+        if decision.lacks_evidence:
+            return f"{details['significant_improvement'].detail}, kept as @challenger"
+        return "kept as @challenger: " + "; ".join(decision.reasons) + signed
     if compared_with is None:
-        return "promoted to @champion (first champion; every check passed)"
-    better = [c.detail for c in decision.checks if c.name == "better_than_champion"]
-    if not better:
+        return "promoted to @champion (first champion; every check passed)" + signed
+    if decision.release_reason:
+        return (
+            f"released to @champion over v{compared_with} without improvement "
+            f"({decision.release_reason}): "
+            f"{details['not_worse_than_champion'].detail}" + signed
+        )
+    evidence = details.get("significant_improvement") or details.get(
+        "better_than_champion"
+    )
+    if evidence is None:
         return f"v{compared_with} is @champion (this version)"
-    return f"promoted to @champion over v{compared_with}: {better[0]}"
+    return f"promoted to @champion over v{compared_with}: {evidence.detail}" + signed
 
 
 def gate_markdown(
@@ -169,14 +184,73 @@ def gate_markdown(
         "",
         f"Test split: {lineage}.",
         "",
-        "| Check | Result | Value | Required |",
-        "|---|---|---|---|",
+        *_evidence_lines(decision),
+        *_check_table(decision),
     ]
+    return "\n".join(lines)
+
+
+def approval_markdown(
+    model_name: str,
+    version: str,
+    *,
+    verdict: str,
+    decision: Decision,
+    run: str,
+    version_url: str | None,
+    timeout: float,
+) -> str:
+    """What the person who approves reads above the form: the gate's figures
+    against the champion and links to the MLflow run and version."""
+    lines = [
+        f"# Approve `{model_name}` v{version} as `@champion`?",
+        "",
+        f"Every automatic check passed: {code_aliases(verdict)}.",
+        "",
+        f"MLflow: {run}; {_link(f'{model_name} version {version}', version_url)}.",
+        "",
+        *_evidence_lines(decision),
+        *_check_table(decision),
+        "",
+        "Tick **approve** and submit to make it `@champion`: the champion is read "
+        "and compared again before the alias moves. Submit without the tick to "
+        f"reject it. Without an answer within {timeout / 3600:.3g} h the request "
+        "expires. A rejected or expired version stays `@challenger`; the decision, "
+        "the comment and the name go on the version.",
+    ]
+    return "\n".join(lines)
+
+
+def _check_table(decision: Decision) -> list[str]:
+    lines = ["| Check | Result | Value | Required |", "|---|---|---|---|"]
     for check in decision.checks:
         result = "pass" if check.passed else "**FAIL**"
-        figures = f"{check.value:.4g} | {check.relation} {check.threshold:.4g}"
+        if check.name == "approval":
+            figures = f"{check.detail} | a person's approval"
+        else:
+            figures = f"{check.value:.4g} | {check.relation} {check.threshold:.4g}"
         lines.append(f"| {check.name} | {result} | {figures} |")
-    return "\n".join(lines)
+    return lines
+
+
+def _evidence_lines(decision: Decision) -> list[str]:
+    """The paired test's figures and a release's reason, as paragraphs."""
+    lines = []
+    paired = decision.paired
+    if paired is not None:
+        lines += [
+            "Paired test (McNemar, exact, one-sided) on the same test images: "
+            f"only this version right **c = {paired.c}**, only the champion right "
+            f"**b = {paired.b}**, **p = {paired.p_value:.2g}** (the chance of a "
+            "gain this large if neither model were better).",
+            "",
+        ]
+    if decision.release_reason:
+        lines += [
+            f"Release without improvement: {decision.release_reason}.",
+            "",
+        ]
+    return lines
 
 
 def drift_markdown(report: DriftReport, model_name: str, version: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -241,13 +242,34 @@ def log_evaluation(
     metrics: Mapping[str, float],
     per_class: list[dict[str, float]],
     confusion: list[list[int]],
+    predictions: tuple[str, Mapping[str, object]] | None = None,
 ) -> None:
-    """Test metrics, the per-class table and the confusion matrix."""
+    """Test metrics, the per-class table, the confusion matrix and, given as
+    ``(artifact path, record)``, the answer for every test image."""
     log_metrics(client, run_id, metrics)
     client.log_table(run_id, pd.DataFrame(per_class), "evaluation/per_class.json")
     client.log_dict(
         run_id, {"confusion_matrix": confusion}, "evaluation/confusion.json"
     )
+    if predictions is not None:
+        path, record = predictions
+        client.log_dict(run_id, dict(record), path)
+
+
+def load_json_artifact(
+    client: MlflowClient, run_id: str, path: str
+) -> dict[str, object] | None:
+    """A JSON artifact of a run; None when the run has none at ``path``.
+
+    The folder is listed first, so only absence means None: any other error
+    (the store unreachable) is raised.
+    """
+    folder = path.rpartition("/")[0] or None
+    if path not in {a.path for a in client.list_artifacts(run_id, folder)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(run_id, path, tmp)
+        return json.loads(Path(local).read_text())
 
 
 def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None:

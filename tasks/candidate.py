@@ -17,7 +17,7 @@ from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.lineage import code_version
 from mnist_pipeline.promotion import GateOutcome
 from tasks.evaluate import EvaluationSummary
-from tasks.gate import run_gate
+from tasks.gate import gate_settings, run_gate
 from tasks.report import publish_summary
 from tasks.track import log_results, register_model
 from tasks.train import TrainedModel
@@ -54,7 +54,7 @@ def register_and_gate(
         data_plots: the data plots to log beside the evaluation's.
         tags: what the new version carries beside its data and scores.
     """
-    log_results(run_id, evaluation, data_plots)
+    log_results(run_id, evaluation, data_plots, ref.split_digests["test"])
     scores = evaluation.scores()
     version = register_model(run_id, trained, ref, config.model_name, scores, tags)
     outcome = run_gate(
@@ -64,9 +64,7 @@ def register_and_gate(
         keras_path=trained.path,
         ref=ref,
         candidate=scores,
-        thresholds=gate.thresholds_for(config, ref.name),
-        seed=config.seed,
-        timeout=config.promotion_timeout,
+        **gate_settings(config, ref),
     )
     return Candidate(run_id, config.model_name, version, evaluation, scores, outcome)
 

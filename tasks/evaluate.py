@@ -33,12 +33,17 @@ class EvaluationSummary(BaseModel):
     confusion: list[list[int]]
     plots: list[str]
     reference_profile: str | None = None
+    #: The test labels and the model's predicted class, image by image.
+    labels: list[int] = []
+    predicted: list[int] = []
 
     def scores(self) -> Scores:
-        """What the promotion gate compares: correct test images, worst recall."""
+        """What the promotion gate compares: correct test images, worst recall,
+        and which images were right (for the paired test)."""
         correct = sum(row[i] for i, row in enumerate(self.confusion))
         total = sum(map(sum, self.confusion))
-        return Scores(correct, total, self.metrics["test_min_class_recall"])
+        right = np.equal(self.predicted, self.labels) if self.predicted else None
+        return Scores(correct, total, self.metrics["test_min_class_recall"], right)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -83,4 +88,6 @@ def evaluate(trained: TrainedModel, prepared_path: str) -> EvaluationSummary:
         confusion=result.confusion.tolist(),
         plots=paths,
         reference_profile=str(profile),
+        labels=result.y_true.tolist(),
+        predicted=result.y_pred.tolist(),
     )

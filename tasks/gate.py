@@ -3,8 +3,11 @@
 ``run_gate`` is the gate as the flows call it: the candidate's own checks
 (robustness, the served model against the in-memory one), then, holding the
 model's promotion lock, the comparison with the champion read right then and
-the alias move. Any error after the retries leaves ``@champion`` untouched and
-the version ``@challenger`` with ``gate.decision=error`` and the reason.
+the alias move. With ``approval: required`` a candidate that passes every
+check first waits, paused and holding no lock, for a person's decision in the
+Prefect UI; approved, it is compared again under the lock. Any error after the
+retries leaves ``@champion`` untouched and the version ``@challenger`` with
+``gate.decision=error`` and the reason.
 """
 
 from __future__ import annotations
@@ -17,13 +20,20 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from mnist_pipeline import gate, packaging, promotion, registry, runs, tracking_store
+from mnist_pipeline.approval import Approval
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.preprocess import scale_images
 from mnist_pipeline.promotion import GateOutcome
-from mnist_pipeline.report import gate_markdown, held_verdict, nothing_trained
+from mnist_pipeline.report import (
+    approval_markdown,
+    gate_markdown,
+    held_verdict,
+    nothing_trained,
+)
 from mnist_pipeline.serving import as_model_input, predict_probabilities
+from tasks.approval import ask_approval
 from tasks.lineage import flow_run_label
 from tasks.locking import promotion_lock
 from tasks.report import publish_existing
@@ -44,18 +54,49 @@ def run_gate(
     thresholds: gate.Thresholds,
     seed: int,
     timeout: float,
+    release_reason: str = "",
+    approval_timeout: float | None = None,
 ) -> GateOutcome:
-    """Check the candidate, compare it with the champion under the lock, promote."""
+    """Check the candidate, compare it with the champion under the lock, promote.
+
+    Args:
+        release_reason: set, the candidate need not be better than the
+            champion, only not significantly worse.
+        approval_timeout: set, a person must approve in the Prefect UI within
+            this many seconds (``approval: required``).
+    """
     try:
         checks = check_candidate(model_name, version, keras_path, ref, seed)
+        approval = None
+        if approval_timeout is not None:
+            preview = preview_gate(
+                run_id, model_name, version, candidate, checks, ref, thresholds,
+                release_reason,
+            )  # fmt: skip
+            approval = _approval(run_id, model_name, version, preview, approval_timeout)
+            if approval is None or not approval.approved:
+                kept = preview.with_approval(approval) if approval else preview
+                return record_verdict(run_id, model_name, version, kept, candidate, ref)
         # The task's own time limit leaves room for waiting on the lock.
         promote = promote_if_better.with_options(timeout_seconds=GATE_TIMEOUT + timeout)
         return promote(
-            run_id, model_name, version, candidate, checks, ref, thresholds, timeout
-        )
+            run_id, model_name, version, candidate, checks, ref, thresholds, timeout,
+            release_reason, approval,
+        )  # fmt: skip
     except Exception as exc:
         _record_error(run_id, model_name, version, exc)
         raise
+
+
+def _approval(
+    run_id: str, model_name: str, version: str, preview: GateOutcome, timeout: float
+) -> Approval | None:
+    """A person's decision on a candidate the gate would promote; None (nobody
+    asked) for one it keeps anyway."""
+    if not preview.decision.promote:
+        return None
+    request = _approval_request(run_id, model_name, version, preview, timeout)
+    return ask_approval(model_name, version, request, timeout)
 
 
 def settle_existing(
@@ -116,7 +157,12 @@ def _gate_existing(
         existing.version,
         existing.tags.get("gate.decision", "none"),
     )
-    candidate = gate.recorded_scores(existing.tags, ref.split_digests["test"])
+    candidate = promotion.version_scores(
+        tracking_store.client(),
+        existing.tags,
+        existing.run_id,
+        ref.split_digests["test"],
+    )
     if candidate is None or existing.run_id is None:
         raise RegistryError(
             f"{config.model_name} v{existing.version} holds this training but has "
@@ -129,11 +175,22 @@ def _gate_existing(
         keras_path=_keras_file(config, existing),
         ref=ref,
         candidate=candidate,
-        thresholds=gate.thresholds_for(config, ref.name),
-        seed=config.seed,
-        timeout=config.promotion_timeout,
+        **gate_settings(config, ref),
     )
     return outcome.verdict, outcome.decision.promote
+
+
+def gate_settings(config: TrainConfig, ref: DatasetRef) -> dict[str, object]:
+    """``run_gate``'s settings from a training config: thresholds, release,
+    approval, the seed of its perturbations and the lock's timeout."""
+    required = config.approval == "required"
+    return {
+        "thresholds": gate.thresholds_for(config, ref.name),
+        "seed": config.seed,
+        "timeout": config.promotion_timeout,
+        "release_reason": config.release_reason,
+        "approval_timeout": config.approval_timeout if required else None,
+    }
 
 
 def _keras_file(config: TrainConfig, existing: ExistingVersion) -> str:
@@ -177,12 +234,15 @@ def promote_if_better(
     ref: DatasetRef,
     thresholds: gate.Thresholds,
     timeout: float,
+    release_reason: str = "",
+    approval: Approval | None = None,
 ) -> GateOutcome:
     """Under the model's promotion lock: compare with the champion, move the alias.
 
     The champion is read inside the lock and again right before the move; when
     it moved meanwhile (a writer outside the lock), the comparison is redone
-    against the new one.
+    against the new one. A person's ``approval`` counts as one more check and
+    is recorded with the move.
     """
     logger = get_run_logger()
     client = tracking_store.client()
@@ -200,9 +260,81 @@ def promote_if_better(
             rescore=lambda current: _rescore(model_name, current, ref),
             logger=logger,
             prefect_flow_run=flow_run_label(),
+            release_reason=release_reason,
+            approval=approval,
         )
         _record(client, run_id, model_name, version, outcome, candidate, ref)
-    logger.info("Gate, %s v%s: %s", model_name, version, outcome.verdict)
+    _publish(model_name, version, outcome)
+    return outcome
+
+
+@task(name="compare", **MLFLOW_RETRY | {"timeout_seconds": GATE_TIMEOUT})
+def preview_gate(
+    run_id: str,
+    model_name: str,
+    version: str,
+    candidate: gate.Scores,
+    checks: gate.CandidateChecks,
+    ref: DatasetRef,
+    thresholds: gate.Thresholds,
+    release_reason: str,
+) -> GateOutcome:
+    """The verdict against the champion now, before asking a person; no move,
+    no lock (the comparison is repeated under the lock after an approval)."""
+    client = tracking_store.client()
+    outcome = promotion.compare(
+        client,
+        model_name=model_name,
+        version=version,
+        candidate=candidate,
+        checks=checks,
+        ref=ref,
+        thresholds=thresholds,
+        rescore=lambda current: _rescore(model_name, current, ref),
+        release_reason=release_reason,
+    )
+    if outcome.decision.promote:
+        registry.set_version_tags(
+            client, model_name, version, promotion.PENDING_APPROVAL_TAGS
+        )
+    return outcome
+
+
+@task(name="record-verdict", **MLFLOW_RETRY)
+def record_verdict(
+    run_id: str,
+    model_name: str,
+    version: str,
+    outcome: GateOutcome,
+    candidate: gate.Scores,
+    ref: DatasetRef,
+) -> GateOutcome:
+    """Record a verdict that moves nothing (kept before or by the approval)."""
+    client = tracking_store.client()
+    _record(client, run_id, model_name, version, outcome, candidate, ref)
+    _publish(model_name, version, outcome)
+    return outcome
+
+
+def _approval_request(
+    run_id: str, model_name: str, version: str, preview: GateOutcome, timeout: float
+) -> str:
+    client = tracking_store.client()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    url = runs.run_url(client, experiment_id, run_id)
+    return approval_markdown(
+        model_name,
+        version,
+        verdict=preview.verdict,
+        decision=preview.decision,
+        run=f"[run {run_id[:8]}]({url})" if url else f"run `{run_id}`",
+        version_url=registry.version_url(client, model_name, version),
+        timeout=timeout,
+    )
+
+
+def _publish(model_name: str, version: str, outcome: GateOutcome) -> None:
+    get_run_logger().info("Gate, %s v%s: %s", model_name, version, outcome.verdict)
     create_markdown_artifact(
         gate_markdown(
             model_name,
@@ -214,7 +346,6 @@ def promote_if_better(
         key="promotion-gate",
         description="Promotion gate decision",
     )
-    return outcome
 
 
 def _rescore(model_name: str, version: str, ref: DatasetRef) -> gate.Scores:

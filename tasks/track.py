@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from mnist_pipeline import packaging, registry, runs, tracking_store
 from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.gate import Scores
+from mnist_pipeline.gate import PREDICTIONS_ARTIFACT, Scores, predictions_record
 from mnist_pipeline.lineage import TRAINING_KEY_TAG
 from tasks.evaluate import EvaluationSummary
 from tasks.train import TrainedModel
@@ -85,12 +85,21 @@ def log_dataset(run_id: str, ref: DatasetRef) -> None:
 
 @task(name="log-results", **MLFLOW_RETRY)
 def log_results(
-    run_id: str, evaluation: EvaluationSummary, data_plots: list[str]
+    run_id: str, evaluation: EvaluationSummary, data_plots: list[str], test_digest: str
 ) -> None:
-    """Log test metrics, the per-class table, every plot and the reference profile."""
+    """Log test metrics, the per-class table, every test image's answer (the
+    gate's paired test reads it back), every plot and the reference profile."""
     client = tracking_store.client()
     runs.log_evaluation(
-        client, run_id, evaluation.metrics, evaluation.per_class, evaluation.confusion
+        client,
+        run_id,
+        evaluation.metrics,
+        evaluation.per_class,
+        evaluation.confusion,
+        (
+            PREDICTIONS_ARTIFACT,
+            predictions_record(test_digest, evaluation.labels, evaluation.predicted),
+        ),
     )
     runs.log_files(client, run_id, map(Path, data_plots), "plots/data")
     runs.log_files(client, run_id, map(Path, evaluation.plots), "plots/evaluation")

@@ -10,12 +10,16 @@ import pytest
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.gate import (
     CandidateChecks,
+    PairedTest,
     Scores,
     Thresholds,
     decide,
     default_min_accuracy,
+    mcnemar_p,
     measure_candidate,
     perturbations,
+    predictions_record,
+    recorded_right,
     recorded_scores,
     score_tags,
     scores,
@@ -23,14 +27,17 @@ from mnist_pipeline.gate import (
     threshold_params,
     thresholds_for,
 )
+from mnist_pipeline.report import gate_sentence
 
 from ..conftest import make_images
 
+#: The count-only rule (paired test off): these cases have no per-image record.
 THRESHOLDS = Thresholds(
     min_accuracy=0.94,
     min_accuracy_gain=0.0,
     max_recall_drop=0.02,
     min_robust_accuracy=0.8,
+    max_p_value=1.0,
 )
 CHECKS = CandidateChecks(
     robust_accuracy={"shift_left": 0.9, "shift_right": 0.92, "noise": 0.97},
@@ -41,6 +48,22 @@ CHECKS = CandidateChecks(
 
 def names_failed(decision) -> list[str]:
     return [c.name for c in decision.checks if not c.passed]
+
+
+def paired_scores(
+    c: int, b: int, both: int, total: int = 1000, recall=(0.92, 0.92)
+) -> tuple[Scores, Scores]:
+    """A candidate and a champion on ``total`` images: ``both`` right by both,
+    ``c`` by the candidate only, ``b`` by the champion only."""
+    candidate = np.zeros(total, bool)
+    champion = np.zeros(total, bool)
+    candidate[:both] = champion[:both] = True
+    candidate[both : both + c] = True
+    champion[both + c : both + c + b] = True
+    return (
+        Scores(int(candidate.sum()), total, recall[0], candidate),
+        Scores(int(champion.sum()), total, recall[1], champion),
+    )
 
 
 def test_first_model_is_promoted_on_floor_robustness_and_serving():
@@ -208,6 +231,8 @@ TIGHTENED = {
     "min_accuracy_gain": (0.01, "better_than_champion", 0.98),
     "max_recall_drop": (0.005, "no_recall_regression", 0.915),
     "min_robust_accuracy": (0.95, "robustness", 0.95),
+    # c=5, b=0: p = 1/32 = 0.031
+    "max_p_value": (0.01, "significant_improvement", 0.01),
 }
 
 
@@ -218,7 +243,7 @@ def test_each_threshold_set_in_the_config_rejects_a_candidate_missing_only_it(
     # Better than the champion by 5 images, worst recall 0.01 lower, robust
     # accuracy 0.93: promoted under the defaults (sample floor 0.94, no gain
     # required, recall drop 0.02, robustness 0.80).
-    candidate, champion = Scores(975, 1000, 0.91), Scores(970, 1000, 0.92)
+    candidate, champion = paired_scores(c=5, b=0, both=970, recall=(0.91, 0.92))
     passing = thresholds_for(TrainConfig(), "mnist-sample")
     assert decide(candidate, CHECKS, champion, passing).promote
     value, check_name, threshold = TIGHTENED[setting]
@@ -228,7 +253,8 @@ def test_each_threshold_set_in_the_config_rejects_a_candidate_missing_only_it(
     assert names_failed(decision) == [check_name]
     (check,) = [c for c in decision.checks if c.name == check_name]
     assert check.threshold == pytest.approx(threshold)
-    assert f"{value:.4f}" in check.detail  # the setting the user gave
+    # The setting the user gave, as the check's words print it.
+    assert f"{value:.4f}" in check.detail or f"{value:g}:" in check.detail
 
 
 def test_every_threshold_is_in_the_table_above():
@@ -247,4 +273,106 @@ def test_the_params_say_the_floor_the_gate_applied():
         "min_accuracy_gain": 0.0,
         "max_recall_drop": 0.02,
         "min_robust_accuracy": 0.80,
+        "max_p_value": 0.05,
     }
+
+
+DEFAULT = thresholds_for(TrainConfig(), "mnist-sample")  # max_p_value 0.05
+
+
+def test_ten_images_only_the_candidate_gets_right_is_significant():
+    candidate, champion = paired_scores(c=10, b=0, both=960)
+    decision = decide(candidate, CHECKS, champion, DEFAULT)
+    assert decision.promote
+    assert (decision.paired.c, decision.paired.b) == (10, 0)
+    assert decision.paired.p_value == pytest.approx(0.5**10)
+    assert decision.figures["p_value"] == pytest.approx(0.000977, abs=1e-6)
+    assert gate_sentence(decision, "3") == (
+        "promoted to @champion over v3: better by 10 images of 1,000 (c=10, b=0), "
+        "p = 0.00098 <= 0.05: a significant improvement"
+    )
+
+
+def test_six_against_four_is_noise_and_the_verdict_says_so():
+    candidate, champion = paired_scores(c=6, b=4, both=962)
+    decision = decide(candidate, CHECKS, champion, DEFAULT)
+    assert not decision.promote
+    assert names_failed(decision) == ["significant_improvement"]
+    assert decision.lacks_evidence
+    assert decision.paired.p_value == pytest.approx(0.377, abs=1e-3)
+    assert gate_sentence(decision, "3") == (
+        "better by 2 images of 1,000 (c=6, b=4), p = 0.38 > 0.05: not a "
+        "significant improvement, kept as @challenger"
+    )
+
+
+def test_the_issues_example_fourteen_against_eight():
+    assert mcnemar_p(14, 8) == pytest.approx(0.143, abs=1e-3)
+    assert PairedTest(14, 8, mcnemar_p(14, 8)).describe(1000) == (
+        "better by 6 images of 1,000 (c=14, b=8), p = 0.14"
+    )
+
+
+def test_equal_predictions_are_not_promoted():
+    candidate, champion = paired_scores(c=0, b=0, both=970)
+    decision = decide(candidate, CHECKS, champion, DEFAULT)
+    assert not decision.promote
+    assert decision.paired == PairedTest(c=0, b=0, p_value=1.0)
+    assert names_failed(decision) == ["better_than_champion"]
+    assert not decision.lacks_evidence
+
+
+@pytest.mark.parametrize(("c", "b"), [(1, 0), (6, 4), (14, 8), (3, 3), (2, 5)])
+def test_max_p_value_one_reproduces_the_count_rule(c, b):
+    candidate, champion = paired_scores(c=c, b=b, both=960)
+    off = replace(DEFAULT, max_p_value=1.0)
+    with_vectors = decide(candidate, CHECKS, champion, off)
+    counts_only = decide(
+        replace(candidate, right=None), CHECKS, replace(champion, right=None), off
+    )
+    assert with_vectors.promote == counts_only.promote == (c > b)
+    assert with_vectors.paired.p_value == pytest.approx(mcnemar_p(c, b))
+
+
+def test_the_paired_test_needs_the_images_each_model_got_right():
+    candidate, champion = paired_scores(c=10, b=0, both=960)
+    with pytest.raises(ValueError, match="which images each model got right"):
+        decide(candidate, CHECKS, replace(champion, right=None), DEFAULT)
+
+
+def test_a_release_need_not_be_better_but_not_significantly_worse():
+    candidate, champion = paired_scores(c=8, b=10, both=955)
+    kept = decide(candidate, CHECKS, champion, DEFAULT)
+    assert not kept.promote
+    released = decide(candidate, CHECKS, champion, DEFAULT, "serving fix #123")
+    assert released.promote
+    assert [c.name for c in released.checks][-2:] == [
+        "not_worse_than_champion",
+        "no_recall_regression",
+    ]
+    assert gate_sentence(released, "3").startswith(
+        "released to @champion over v3 without improvement (serving fix #123): "
+        "worse by 2 images of 1,000 (c=8, b=10): no evidence that it is worse "
+        "(p = 0.41 > 0.05)"
+    )
+    worse, champion = paired_scores(c=0, b=12, both=955)
+    refused = decide(worse, CHECKS, champion, DEFAULT, "serving fix #123")
+    assert names_failed(refused) == ["not_worse_than_champion"]
+    assert "significantly worse (p = 0.00024 <= 0.05)" in refused.reasons[0]
+
+
+def test_a_release_keeps_the_floor_and_robustness_checks():
+    candidate, champion = paired_scores(c=0, b=0, both=930)
+    fragile = replace(CHECKS, robust_accuracy={"noise": 0.5})
+    decision = decide(candidate, fragile, champion, DEFAULT, "serving fix")
+    assert names_failed(decision) == ["accuracy_floor", "robustness"]
+
+
+def test_scores_record_which_images_were_right_and_read_back():
+    probabilities = np.eye(10)[[0, 1, 2, 3, 3]]
+    labels = np.array([0, 1, 2, 3, 4])
+    got = scores(probabilities, labels)
+    np.testing.assert_array_equal(got.right, [True, True, True, True, False])
+    record = predictions_record("abc", labels, probabilities.argmax(axis=1))
+    np.testing.assert_array_equal(recorded_right(record, "abc"), got.right)
+    assert recorded_right(record, "other-split") is None

@@ -9,22 +9,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
 from mnist_pipeline import promotion, registry
 from mnist_pipeline.errors import RegistryError
-from mnist_pipeline.gate import CandidateChecks, Scores, Thresholds, score_tags
+from mnist_pipeline.gate import (
+    PREDICTIONS_ARTIFACT,
+    CandidateChecks,
+    Scores,
+    Thresholds,
+    predictions_record,
+    score_tags,
+)
 from mnist_pipeline.report import code_aliases
 
 from ..conftest import SAMPLE_REF
 
+#: The count rule (paired test off), as the registry mechanics below need.
 THRESHOLDS = Thresholds(
     min_accuracy=0.9,
     min_accuracy_gain=0.0,
     max_recall_drop=0.02,
     min_robust_accuracy=0.8,
+    max_p_value=1.0,
 )
 CHECKS = CandidateChecks(
     robust_accuracy={"noise": 0.95}, serving_difference=0.0, serving_agreement=1.0
@@ -59,12 +70,40 @@ def run_id(client, model) -> str:
     return client.create_run(experiment_id).info.run_id
 
 
+def right(correct: int, total: int = 100, offset: int = 0) -> np.ndarray:
+    """``correct`` images right of ``total``, starting at ``offset`` (cyclic)."""
+    return np.roll(np.arange(total) < correct, offset)
+
+
 def register(
-    client: MlflowClient, model: str, scores: Scores | None = None, **tags: str
+    client: MlflowClient,
+    model: str,
+    scores: Scores | None = None,
+    keep_answers: bool = True,
+    **tags: str,
 ) -> str:
-    """A new version; with ``scores``, recorded as measured on SAMPLE_REF's split."""
-    recorded = {"test_digest": "t3st", **score_tags(scores)} if scores else {}
-    version = client.create_model_version(model, source="dummy", tags=recorded | tags)
+    """A new version; with ``scores``, recorded as measured on SAMPLE_REF's split,
+    its run keeping which images it got right (its first ``correct``, unless
+    ``scores.right`` says)."""
+    if scores is None:
+        version = client.create_model_version(model, source="dummy", tags=tags)
+        return str(version.version)
+    recorded = {"test_digest": "t3st", **score_tags(scores)}
+    experiment = client.get_experiment_by_name(f"{model}-versions")
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(f"{model}-versions")
+    )
+    run = client.create_run(experiment_id).info.run_id
+    got = right(scores.correct, scores.total) if scores.right is None else scores.right
+    labels = np.zeros(scores.total, int)
+    record = predictions_record(tags.get("test_digest", "t3st"), labels, ~got * 1)
+    if keep_answers:
+        client.log_dict(run, record, PREDICTIONS_ARTIFACT)
+    version = client.create_model_version(
+        model, source="dummy", run_id=run, tags=recorded | tags
+    )
     return str(version.version)
 
 
@@ -83,7 +122,16 @@ def no_rescore(version: str) -> Scores:
     raise AssertionError(f"v{version} has recorded scores on this split")
 
 
-def promote(client, model, run_id, version, candidate, rescore=no_rescore):
+def promote(
+    client,
+    model,
+    run_id,
+    version,
+    candidate,
+    rescore=no_rescore,
+    thresholds=THRESHOLDS,
+    approval=None,
+):
     return promotion.compare_and_promote(
         client,
         run_id=run_id,
@@ -92,9 +140,10 @@ def promote(client, model, run_id, version, candidate, rescore=no_rescore):
         candidate=candidate,
         checks=CHECKS,
         ref=SAMPLE_REF,
-        thresholds=THRESHOLDS,
+        thresholds=thresholds,
         rescore=rescore,
         logger=LOG,
+        approval=approval,
     )
 
 
@@ -260,3 +309,125 @@ def test_only_a_promoted_or_rejected_version_has_a_recorded_verdict():
     )
     assert promotion.recorded_verdict({"gate.decision": "error"}) is None
     assert promotion.recorded_verdict({}) is None
+
+
+#: The default rule: a gain must be significant at 0.05.
+PAIRED = replace(THRESHOLDS, max_p_value=0.05)
+
+
+def test_a_significant_gain_is_promoted_with_its_evidence_on_the_version(
+    client, model, run_id
+):
+    old = register(client, model, Scores(90, 100, 0.9))  # images 0-89 right
+    make_champion(client, model, old)
+    candidate = register(client, model)
+    scores = Scores(100, 100, 0.95, right(100))
+    outcome = promote(client, model, run_id, candidate, scores, thresholds=PAIRED)
+    assert outcome.decision.promote and champion(client, model) == candidate
+    record = promotion.gate_record(outcome, scores, SAMPLE_REF)
+    assert record.tags["gate.p_value"] == "0.0009766"
+    assert record.tags["gate.only_candidate_right"] == "10"
+    assert record.tags["gate.only_champion_right"] == "0"
+    assert record.record["paired_test"] == {"c": 10, "b": 0, "p_value": 0.5**10}
+    assert (
+        "Gate: promoted to `@champion` over "
+        f"v{old}: better by 10 images of 100 (c=10, b=0), p = 0.00098 <= 0.05: "
+        "a significant improvement." in record.description
+    )
+
+
+def test_a_gain_within_noise_is_kept_as_challenger(client, model, run_id):
+    old = register(client, model, Scores(94, 100, 0.9))  # images 0-93 right
+    make_champion(client, model, old)
+    candidate = register(client, model)
+    # Right on 0-91 and 94-97: four only it gets right, two only the champion.
+    answers = right(92) | (np.arange(100) >= 94) & (np.arange(100) < 98)
+    scores = Scores(96, 100, 0.95, answers)
+    outcome = promote(client, model, run_id, candidate, scores, thresholds=PAIRED)
+    assert not outcome.decision.promote and champion(client, model) == old
+    assert outcome.verdict == (
+        "better by 2 images of 100 (c=4, b=2), p = 0.34 > 0.05: not a significant "
+        "improvement, kept as @challenger"
+    )
+    record = promotion.gate_record(outcome, scores, SAMPLE_REF)
+    assert record.tags["gate.decision"] == "rejected"
+    assert (record.tags["gate.only_candidate_right"], record.tags["gate.p_value"]) == (
+        "4",
+        "0.3438",
+    )
+
+
+def test_a_champion_without_answers_per_image_is_rescored(client, model, run_id):
+    old = register(client, model, Scores(90, 100, 0.9), keep_answers=False)
+    make_champion(client, model, old)
+    candidate = register(client, model)
+    rescored = []
+
+    def rescore(version: str) -> Scores:
+        rescored.append(version)
+        return Scores(90, 100, 0.9, right(90))
+
+    scores = Scores(100, 100, 0.95, right(100))
+    outcome = promote(client, model, run_id, candidate, scores, rescore, PAIRED)
+    assert rescored == [old]
+    assert outcome.decision.paired.c == 10 and outcome.decision.promote
+
+
+def test_an_approval_is_a_check_kept_on_the_version_and_the_move(client, model, run_id):
+    from mnist_pipeline import alias_history
+    from mnist_pipeline.approval import answered
+
+    old = register(client, model, Scores(90, 100, 0.9))
+    make_champion(client, model, old)
+    candidate = register(client, model)
+    scores = Scores(100, 100, 0.95, right(100))
+    yes = answered(True, " ship it ", "alice", "2026-12-06 23:40 UTC", "run-a (id)")
+    outcome = promote(client, model, run_id, candidate, scores, no_rescore, PAIRED, yes)
+    assert outcome.decision.promote and champion(client, model) == candidate
+    assert outcome.verdict.endswith(
+        '; approved by alice on 2026-12-06 23:40 UTC: "ship it"'
+    )
+    tags = promotion.gate_record(outcome, scores, SAMPLE_REF).tags
+    assert tags["approval.decision"] == "approved"
+    assert (tags["approval.comment"], tags["approval.by"]) == ("ship it", "alice")
+    (move,) = alias_history.read_moves(client, model)
+    record = client.get_run(move.record_id).data.tags
+    assert record["approval.by"] == "alice" and "approved by alice" in move.reason
+
+
+def test_a_rejection_keeps_the_champion_and_says_who_and_why(client, model, run_id):
+    from mnist_pipeline.approval import answered, expired
+
+    old = register(client, model, Scores(90, 100, 0.9))
+    make_champion(client, model, old)
+    candidate = register(client, model)
+    scores = Scores(100, 100, 0.95, right(100))
+    preview = promotion.compare(
+        client,
+        model_name=model,
+        version=candidate,
+        candidate=scores,
+        checks=CHECKS,
+        ref=SAMPLE_REF,
+        thresholds=PAIRED,
+        rescore=no_rescore,
+    )
+    assert preview.decision.promote and champion(client, model) == old
+    no = answered(False, "wait for the audit", "", "2026-12-06 23:41 UTC", None)
+    kept = preview.with_approval(no)
+    assert not kept.decision.promote
+    assert kept.verdict == (
+        "kept as @challenger: rejected by an unnamed person on 2026-12-06 23:41 UTC: "
+        '"wait for the audit"'
+    )
+    tags = promotion.gate_record(kept, scores, SAMPLE_REF).tags
+    assert (tags["gate.decision"], tags["approval.decision"]) == (
+        "rejected",
+        "rejected",
+    )
+    late = preview.with_approval(expired("2026-12-07 23:41 UTC", None))
+    assert late.verdict == (
+        "kept as @challenger: approval expired on 2026-12-07 23:41 UTC: nobody "
+        "decided in time"
+    )
+    assert champion(client, model) == old
