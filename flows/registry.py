@@ -147,7 +147,11 @@ def champion_history(config: HistoryConfig) -> list[alias_history.Move]:
     if config.limit is not None:
         moves = moves[-config.limit :]
     create_markdown_artifact(
-        alias_history.history_markdown(config.model_name, moves),
+        alias_history.history_markdown(
+            config.model_name,
+            moves,
+            alias_history.read_decisions(client, config.model_name),
+        ),
         key="champion-history",
         description=f"Moves of {config.model_name} @champion, newest first",
     )

@@ -12,6 +12,11 @@ A record is opened (RUNNING) before the alias moves and closed (FINISHED) after
 it, both under the promotion lock: there is never a move without a record. A
 record left RUNNING by a crash is settled by the next move, FINISHED when the
 alias did move to it and FAILED when it did not.
+
+A person's decision that moved nothing (a candidate rejected, or a request
+that expired) is a run of the same experiment too, named for the decision
+(``approval: v5 rejected``), with ``decision.*`` and ``approval.*`` tags and no
+``move.*`` tags: it is on record beside the moves without being one.
 """
 
 from __future__ import annotations
@@ -164,7 +169,89 @@ def settle_open_records(
     for run in _runs(
         client, experiment.experiment_id, f"attributes.status = '{_RUNNING}'"
     ):
-        close_record(client, run.info.run_id, run.data.tags.get("move.to") == champion)
+        if "move.to" in run.data.tags:  # not a decision being recorded
+            moved = run.data.tags["move.to"] == champion
+            close_record(client, run.info.run_id, moved)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A person's decision on a candidate that moved nothing."""
+
+    version: str
+    champion: str | None
+    sentence: str
+    mlflow_run: str | None
+    record_id: str
+
+
+def record_decision(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    champion: str | None,
+    approval_tags: Mapping[str, str],
+    sentence: str,
+    mlflow_run: str | None = None,
+    prefect_flow_run: str | None = None,
+) -> str:
+    """Record a rejected or expired approval of ``version``; return the run id.
+
+    Once per version and MLflow run: a retried task finds its first record.
+    """
+    experiment_id = _history_experiment(client, model_name)
+    decision = approval_tags.get("approval.decision", "?")
+    recorded = _runs(
+        client,
+        experiment_id,
+        f"tags.`decision.version` = '{version}' and "
+        f"tags.`decision.mlflow_run` = '{mlflow_run or ''}'",
+    )
+    if recorded:
+        return recorded[0].info.run_id
+    tags = {
+        "decision.model": model_name,
+        "decision.version": version,
+        "decision.champion": champion or "none",
+        **approval_tags,
+        MLFLOW_RUN_NOTE: code_aliases(
+            f"v{version} of `{model_name}` was not made @champion: {sentence}. "
+            f"@champion stayed {_label(champion)}."
+            + (f" MLflow run `{mlflow_run}`." if mlflow_run else "")
+            + (f" Prefect flow run `{prefect_flow_run}`." if prefect_flow_run else "")
+        ),
+    }
+    if mlflow_run:
+        tags["decision.mlflow_run"] = mlflow_run
+    if prefect_flow_run:
+        tags["decision.prefect_flow_run"] = prefect_flow_run
+    run = client.create_run(
+        experiment_id, tags=tags, run_name=f"approval: v{version} {decision}"
+    )
+    client.set_terminated(run.info.run_id, _FINISHED)
+    return run.info.run_id
+
+
+def read_decisions(client: MlflowClient, model_name: str) -> list[Decision]:
+    """The recorded decisions that moved nothing, oldest first."""
+    experiment = client.get_experiment_by_name(experiment_name(model_name))
+    if experiment is None:
+        return []
+    runs = [
+        run
+        for run in _runs(client, experiment.experiment_id, "")
+        if "decision.version" in run.data.tags
+    ]
+    return [
+        Decision(
+            version=run.data.tags["decision.version"],
+            champion=_version(run.data.tags.get("decision.champion")),
+            sentence=run.data.tags.get(MLFLOW_RUN_NOTE, ""),
+            mlflow_run=run.data.tags.get("decision.mlflow_run"),
+            record_id=run.info.run_id,
+        )
+        for run in sorted(runs, key=lambda run: run.info.start_time)
+    ]
 
 
 def read_moves(client: MlflowClient, model_name: str) -> list[Move]:
@@ -172,7 +259,11 @@ def read_moves(client: MlflowClient, model_name: str) -> list[Move]:
     experiment = client.get_experiment_by_name(experiment_name(model_name))
     if experiment is None:
         return []
-    runs = _runs(client, experiment.experiment_id, "")
+    runs = [
+        run
+        for run in _runs(client, experiment.experiment_id, "")
+        if "move.to" in run.data.tags
+    ]
     ordered = sorted(runs, key=lambda run: (_seq(run), run.info.start_time))
     return [_move(run) for run in ordered]
 
@@ -230,9 +321,12 @@ def format_table(moves: Sequence[Move]) -> list[str]:
     ]
 
 
-def history_markdown(model_name: str, moves: Sequence[Move]) -> str:
+def history_markdown(
+    model_name: str, moves: Sequence[Move], decisions: Sequence[Decision] = ()
+) -> str:
     """The moves as markdown for a Prefect artifact, newest first: one item each
-    (a table of eight columns was cut off at the right in the Prefect UI)."""
+    (a table of eight columns was cut off at the right in the Prefect UI); then
+    the decisions that moved nothing."""
     lines = [
         f"# `{model_name}` `@champion` history",
         "",
@@ -248,6 +342,9 @@ def history_markdown(model_name: str, moves: Sequence[Move]) -> str:
         if flow_run:
             item += f" · Prefect flow run `{flow_run}`"
         lines.append(item)
+    if decisions:
+        lines += ["", "## Approvals refused or expired (nothing moved)", ""]
+        lines += [f"- {decision.sentence}" for decision in reversed(decisions)]
     return "\n".join(lines)
 
 

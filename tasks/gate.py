@@ -19,7 +19,15 @@ from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from mnist_pipeline import gate, packaging, promotion, registry, runs, tracking_store
+from mnist_pipeline import (
+    alias_history,
+    gate,
+    packaging,
+    promotion,
+    registry,
+    runs,
+    tracking_store,
+)
 from mnist_pipeline.approval import Approval
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import DatasetRef, open_dataset
@@ -309,9 +317,21 @@ def record_verdict(
     candidate: gate.Scores,
     ref: DatasetRef,
 ) -> GateOutcome:
-    """Record a verdict that moves nothing (kept before or by the approval)."""
+    """Record a verdict that moves nothing (kept before or by the approval); a
+    person's refusal or an expiry also goes into the alias's history."""
     client = tracking_store.client()
     _record(client, run_id, model_name, version, outcome, candidate, ref)
+    if outcome.approval is not None:
+        alias_history.record_decision(
+            client,
+            model_name,
+            version,
+            outcome.compared_with,
+            outcome.approval.tags(),
+            outcome.approval.sentence(),
+            mlflow_run=run_id,
+            prefect_flow_run=flow_run_label(),
+        )
     _publish(model_name, version, outcome)
     return outcome
 

@@ -170,6 +170,9 @@ def test_a_rejected_candidate_stays_challenger_and_the_champion_is_untouched(
     )
     assert tags["approval.comment"] == "wait for the audit"
     assert len(alias_history.read_moves(client, "mnist-cnn")) == 1
+    (refused,) = alias_history.read_decisions(client, "mnist-cnn")
+    assert (refused.version, refused.champion) == ("2", "1")
+    assert "rejected by an unnamed person" in refused.sentence
     assert candidate.state().is_completed()
 
 
@@ -183,5 +186,7 @@ def test_an_unanswered_request_expires_and_the_run_completes(
     assert not result.promoted and champion(client) is None
     assert result.verdict.startswith("kept as @challenger: approval expired on ")
     assert version_tags(client, "1")["approval.decision"] == "expired"
+    (late,) = alias_history.read_decisions(client, "mnist-cnn")
+    assert "approval expired on" in late.sentence and late.champion is None
     # An expired pause would fail the run; it recorded the expiry and completed.
     assert candidate.state().is_completed()

@@ -431,3 +431,28 @@ def test_a_rejection_keeps_the_champion_and_says_who_and_why(client, model, run_
         "decided in time"
     )
     assert champion(client, model) == old
+
+
+def test_a_refusal_is_on_record_once_beside_the_moves_not_as_one(client, model):
+    from mnist_pipeline import alias_history
+    from mnist_pipeline.approval import answered
+
+    first = register(client, model)
+    registry.move_champion(client, model, first, by="promote", reason="x")
+    no = answered(False, "not yet", "bob", "2026-12-06 23:50 UTC", None)
+    for _ in range(2):  # a retried task
+        alias_history.record_decision(
+            client, model, "2", "1", no.tags(), no.sentence(), mlflow_run="r1"
+        )
+    (decision,) = alias_history.read_decisions(client, model)
+    assert (decision.version, decision.champion) == ("2", "1")
+    assert decision.mlflow_run == "r1"
+    assert decision.sentence.startswith(
+        f"v2 of `{model}` was not made `@champion`: rejected by bob on "
+        '2026-12-06 23:50 UTC: "not yet". `@champion` stayed v1.'
+    )
+    (move,) = alias_history.read_moves(client, model)
+    assert move.to_version == "1"
+    assert "Approvals refused or expired" in alias_history.history_markdown(
+        model, [move], [decision]
+    )
