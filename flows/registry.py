@@ -20,13 +20,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from mnist_pipeline import alias_history, registry, tracking_store
+from mnist_pipeline import alias_history, promotion, registry, tracking_store
 from mnist_pipeline.config import (
     HistoryConfig,
     PromoteConfig,
     RegistryConfig,
     RollbackConfig,
 )
+from mnist_pipeline.errors import RegistryError
 from mnist_pipeline.runtime import configure_flow_logs
 from tasks.lineage import flow_run_label, operator_label
 from tasks.locking import promotion_lock
@@ -85,6 +86,13 @@ def promote_model(config: PromoteConfig) -> AliasChange:
     client = tracking_store.connect()
     version = str(config.version)
     registry.check_version(client, config.model_name, version)
+    failed = promotion.failed_release_checks(client, config.model_name, version)
+    if failed:
+        raise RegistryError(
+            f"{config.model_name} v{version} failed checks no release skips: "
+            f"{'; '.join(failed)}. promote moves @champion past the comparison "
+            "with the champion, never past the floor, robustness or serving checks."
+        )
     return _move(client, config, "promote", lambda: (None, version))
 
 

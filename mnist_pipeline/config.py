@@ -448,7 +448,8 @@ class RegistryConfig(BaseModel):
 
 
 class PromoteConfig(RegistryConfig):
-    """Make a registered version the ``@champion``, bypassing the gate."""
+    """Make a registered version the ``@champion`` without comparing it with the
+    champion (a version the gate found below a floor is refused)."""
 
     version: int = Field(..., ge=1, description="Version to make @champion")
 

@@ -284,6 +284,26 @@ def version_description(
     )
 
 
+#: The checks no release skips: ``promote`` refuses a version that failed one.
+RELEASE_CHECKS = ("accuracy_floor", "robustness", "serving_smoke_test")
+
+
+def failed_release_checks(client: MlflowClient, name: str, version: str) -> list[str]:
+    """What the gate found wrong with ``version`` alone (floor, robustness, the
+    served copy), from its run's ``gate/decision.json``; empty when it passed
+    them or was never gated (registered outside the pipeline)."""
+    run_id = client.get_model_version(name, version).run_id
+    if not run_id:
+        return []
+    record = runs.load_json_artifact(client, run_id, registry.GATE_RECORD) or {}
+    checks = record.get("checks", [])
+    return [
+        str(check.get("detail", check.get("name")))
+        for check in checks
+        if check.get("name") in RELEASE_CHECKS and not check.get("passed")
+    ]
+
+
 def error_tags(exc: BaseException) -> dict[str, str]:
     """The tags of a gate that failed with ``exc`` (credentials masked)."""
     reason = redact_text(f"{type(exc).__name__}: {exc}")[:2000]

@@ -32,6 +32,8 @@ from mnist_pipeline.redact import redact_url
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+#: Where the gate's verdict with every check's figures lands in the run.
+GATE_RECORD = "gate/decision.json"
 _NOT_FOUND = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 _INVALID = ErrorCode.Name(INVALID_PARAMETER_VALUE)
 
@@ -171,7 +173,7 @@ def record_gate(
     set_version_tags(client, name, version, tags)
     runs.log_metrics(client, run_id, metrics)
     if record is not None:
-        client.log_dict(run_id, dict(record), "gate/decision.json")
+        client.log_dict(run_id, dict(record), GATE_RECORD)
     if description is not None:
         client.update_model_version(name, version, description=description)
 

@@ -430,3 +430,42 @@ def test_a_deleted_history_stops_every_move(three_versions):
     with pytest.raises(RegistryError, match="mlflow experiments restore"):
         registry.move_champion(client, "mnist-cnn", "2", by="promote", reason="x")
     assert champion(client) == "1"
+
+
+def test_promote_refuses_a_version_the_gate_found_below_a_floor(
+    three_versions, prefect_api_url
+):
+    from flows.registry import promote_model
+    from mnist_pipeline.config import PromoteConfig
+
+    client = three_versions
+    registry.move_champion(client, "mnist-cnn", "1", by="gate", reason="first")
+    fragile = client.get_model_version("mnist-cnn", "3")
+    floor = {"name": "accuracy_floor", "passed": True, "detail": "fine"}
+    shaky = {
+        "name": "robustness",
+        "passed": False,
+        "detail": "mean accuracy on shifted and noisy test images 0.6100 < "
+        "required 0.8000",
+    }
+    noise = {"name": "significant_improvement", "passed": False, "detail": "luck"}
+    registry.record_gate(
+        client,
+        fragile.run_id,
+        "mnist-cnn",
+        "3",
+        {"gate.decision": "rejected"},
+        {},
+        {"checks": [floor, shaky, noise]},
+    )
+    with pytest.raises(RegistryError, match="0.6100 < required 0.8000") as refused:
+        promote_model(PromoteConfig(version=3))
+    assert "never past the floor, robustness or serving checks" in str(refused.value)
+    assert champion(client) == "1"
+    # Kept only for lack of evidence (or never gated): an operator may promote it.
+    lucky = client.get_model_version("mnist-cnn", "2")
+    registry.record_gate(
+        client, lucky.run_id, "mnist-cnn", "2", {}, {}, {"checks": [floor, noise]}
+    )
+    assert promote_model(PromoteConfig(version=2, reason="serving fix")).moved
+    assert champion(client) == "2"
