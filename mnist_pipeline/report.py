@@ -205,18 +205,18 @@ def approval_markdown(
     lines = [
         f"# Approve `{model_name}` v{version} as `@champion`?",
         "",
-        f"Every automatic check passed: {code_aliases(verdict)}.",
+        "Tick **approve** and submit to make it `@champion` (the champion is "
+        "read and compared again first); submit without the tick to reject. "
+        f"No answer within {timeout / 3600:.3g} h: it expires and stays "
+        "`@challenger`.",
+        "",
+        f"Every automatic check passed; the gate's verdict, if approved: "
+        f"{code_aliases(verdict)}.",
         "",
         f"MLflow: {run}; {_link(f'{model_name} version {version}', version_url)}.",
         "",
         *_evidence_lines(decision),
         *_check_table(decision),
-        "",
-        "Tick **approve** and submit to make it `@champion`: the champion is read "
-        "and compared again before the alias moves. Submit without the tick to "
-        f"reject it. Without an answer within {timeout / 3600:.3g} h the request "
-        "expires. A rejected or expired version stays `@challenger`; the decision, "
-        "the comment and the name go on the version.",
     ]
     return "\n".join(lines)
 

@@ -120,7 +120,7 @@ def test_an_approved_candidate_is_compared_again_then_promoted_with_the_decision
     assert champion(client) is None
     asked = form_description(paused)
     assert asked.startswith("# Approve `mnist-cnn` v1 as `@champion`?")
-    assert "Every automatic check passed: promoted to `@champion` (first" in asked
+    assert "the gate's verdict, if approved: promoted to `@champion` (first" in asked
     assert "| accuracy_floor | pass |" in asked
 
     # While it waits it holds no lock: another run trains, gates and promotes.
