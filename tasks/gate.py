@@ -73,9 +73,9 @@ def run_gate(
         approval_timeout: set, a person must approve in the Prefect UI within
             this many seconds (``approval: required``).
     """
+    approval = None
     try:
         checks = check_candidate(model_name, version, keras_path, ref, seed)
-        approval = None
         if approval_timeout is not None:
             preview = preview_gate(
                 run_id, model_name, version, candidate, checks, ref, thresholds,
@@ -92,7 +92,10 @@ def run_gate(
             release_reason, approval,
         )  # fmt: skip
     except Exception as exc:
-        _record_error(run_id, model_name, version, exc)
+        # A version marked pending says what became of the person's answer.
+        asked = {} if approval_timeout is None else {"approval.decision": "none"}
+        decided = approval.tags() if approval else asked
+        _record_error(run_id, model_name, version, promotion.error_tags(exc) | decided)
         raise
 
 
@@ -399,17 +402,13 @@ def _record(
     )
 
 
-def _record_error(run_id: str, model_name: str, version: str, exc: Exception) -> None:
+def _record_error(
+    run_id: str, model_name: str, version: str, tags: dict[str, str]
+) -> None:
     """Best effort: the registry may be what failed."""
     try:
-        registry.record_gate(
-            tracking_store.client(),
-            run_id,
-            model_name,
-            version,
-            promotion.error_tags(exc),
-            {},
-        )
+        client = tracking_store.client()
+        registry.record_gate(client, run_id, model_name, version, tags, {})
     except Exception as again:  # noqa: BLE001 - the original error is raised
         get_run_logger().error(
             "Could not record the gate error on %s v%s either: %s",
