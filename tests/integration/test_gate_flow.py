@@ -1,16 +1,26 @@
-"""The gate inside the training flow: first model promoted, a worse one kept out."""
+"""The gate inside the training flow: first model promoted, a worse one kept out,
+a clearly better one promoted on the paired test's evidence."""
 
 from __future__ import annotations
 
 import asyncio
 
 import mlflow
+import numpy as np
+import pytest
 from prefect.client.orchestration import get_client
+from scipy.stats import binomtest
 
 from flows.training import mnist_training
-from mnist_pipeline import registry, tracking_store
+from mnist_pipeline import gate, registry, tracking_store
 
 from .test_flow import small_config
+
+#: The clearly better candidate's epochs against a 1-epoch champion on the same
+#: 400 training images (measured: 162/200 right against 31/200, c=138, b=7,
+#: p = 5e-33; the training is a second of the test's minute, the rest is two
+#: flow runs).
+EPOCHS = 8
 
 
 async def _gate_artifact(flow_run_id: str) -> str:
@@ -100,3 +110,63 @@ def test_a_champion_tested_on_other_images_is_scored_again(
     figures = {f"gate_{k}": v for k, v in decision["figures"].items()}
     # Scored again on 100 images: a multiple of 1/100, not v1's /200 figure.
     assert round(figures["gate_champion_accuracy"] * 100, 6).is_integer()
+    # The re-scoring says which of the 100 images v1 gets right: the paired
+    # test ran on them and its figures are on the version.
+    paired = decision["paired_test"]
+    assert paired is not None and paired["c"] + paired["b"] <= 100
+    assert version.tags["gate.p_value"] == f"{paired['p_value']:.4g}"
+    assert version.tags["gate.only_champion_right"] == str(paired["b"])
+
+
+def test_a_clearly_better_candidate_is_promoted_with_its_p_value(
+    prefect_api_url, mlflow_store, tmp_path
+):
+    lenient = {"min_accuracy": 0.0, "min_robust_accuracy": 0.0}
+    weak = mnist_training(small_config(tmp_path, **lenient))
+    strong = mnist_training(small_config(tmp_path, epochs=EPOCHS, **lenient))
+    max_p = small_config(tmp_path).max_p_value
+    assert max_p == 0.05, "the paired test is on by default"
+    assert weak.promoted and strong.promoted and strong.version == "2"
+    client = tracking_store.connect()
+    assert registry.alias_version(client, "mnist-cnn", registry.CHAMPION) == "2"
+
+    version = client.get_model_version("mnist-cnn", "2")
+    tags = version.tags
+    c = int(tags["gate.only_candidate_right"])
+    b = int(tags["gate.only_champion_right"])
+    # The counts are the two runs' answers on the same 200 test images.
+    answers = [
+        mlflow.artifacts.load_dict(f"runs:/{r.run_id}/{gate.PREDICTIONS_ARTIFACT}")
+        for r in (strong, weak)
+    ]
+    assert answers[0]["labels"] == answers[1]["labels"]
+    right = [np.equal(a["predicted"], a["labels"]) for a in answers]
+    assert (c, b) == ((right[0] & ~right[1]).sum(), (right[1] & ~right[0]).sum())
+    correct = {
+        v: client.get_model_version("mnist-cnn", v).tags["test_correct"]
+        for v in ("1", "2")
+    }
+    correct = {v: int(n.split("/")[0]) for v, n in correct.items()}
+    assert c - b == correct["2"] - correct["1"] > 0
+    p_value = binomtest(c, b + c, 0.5, alternative="greater").pvalue
+    assert float(tags["gate.p_value"]) == pytest.approx(p_value, rel=1e-3)
+    assert p_value <= max_p
+
+    decision = mlflow.artifacts.load_dict(f"runs:/{strong.run_id}/gate/decision.json")
+    paired = {"c": c, "b": b, "p_value": pytest.approx(p_value)}
+    assert decision["paired_test"] == paired
+    (check,) = [x for x in decision["checks"] if x["name"] == "significant_improvement"]
+    assert check["passed"] and check["threshold"] == max_p
+    evidence = (
+        f"better by {c - b} images of 200 (c={c}, b={b}), "
+        f"p = {p_value:.2g} <= 0.05: a significant improvement"
+    )
+    assert strong.verdict == f"promoted to @champion over v1: {evidence}"
+    assert tags["gate.reason"] == strong.verdict
+    assert f"Gate: promoted to `@champion` over v1: {evidence}." in version.description
+    markdown = asyncio.run(
+        _gate_artifact(client.get_run(strong.run_id).data.tags["prefect.flow_run_id"])
+    )
+    assert f"only this version right **c = {c}**" in markdown
+    assert f"**b = {b}**, **p = {p_value:.2g}**" in markdown
+    assert "| significant_improvement | pass |" in markdown
