@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
@@ -333,6 +334,7 @@ def test_a_soak_of_nights_keeps_the_registry_truthful(
 ):
     model = "soak"
     client = tracking_store.connect()
+    max_p = night(tmp_path, datasets["a"], model).max_p_value
     counts = dict(nights=0, trained=0, skipped=0, faults=0, promotions=0)
     violations: list[str] = []
     best = 0  # correct test images of the best champion so far
@@ -352,9 +354,12 @@ def test_a_soak_of_nights_keeps_the_registry_truthful(
             violations.append(f"night {number}: an unchanged night added a version")
         if champion != champion_before:
             counts["promotions"] += 1
-            violations += _unearned(number, after[champion], champion_before)
+            replaced = before.get(champion_before) if champion_before else None
+            violations += _unearned(
+                number, after[champion], champion_before, replaced, max_p
+            )
         if champion is not None:
-            correct = int(after[champion]["test_correct"].split("/")[0])
+            correct = _correct(after[champion])
             if correct < best:
                 violations.append(f"night {number}: champion fell to {correct} right")
             best = max(best, correct)
@@ -362,9 +367,13 @@ def test_a_soak_of_nights_keeps_the_registry_truthful(
     final = versions(client, model)
     violations += _untraceable(final)
     violations += _history_breaks(client, model, counts["promotions"])
+    kept, mislabelled = _kept_for_lack_of_evidence(client, model, max_p)
+    violations += mislabelled
     counts["versions"] = len(final)
+    counts["no_evidence"] = len(kept)
     with capsys.disabled():
         print("\n" + _soak_table(counts, len(violations)))
+        print(_paired_line(final))
     assert counts["nights"] >= 20 and counts["faults"] >= 3
     assert counts["skipped"] >= 8 and counts["promotions"] >= 1
     assert violations == []
@@ -406,13 +415,66 @@ def _run_night(
         server.heal()
 
 
-def _unearned(number: int, tags: dict[str, str], previous: str | None) -> list[str]:
-    """A promotion without a comparison to the champion it replaced."""
+def _unearned(
+    number: int,
+    tags: dict[str, str],
+    previous: str | None,
+    previous_tags: dict[str, str] | None,
+    max_p: float,
+) -> list[str]:
+    """A promotion without a comparison to the champion it replaced, or over a
+    champion without a significant gain (McNemar's p above ``max_p``, or counts
+    that do not add up to the two versions' test_correct)."""
     expected = f"v{previous}" if previous else "none"
     compared = tags.get("gate.compared_with")
-    if tags.get("gate.decision") == "promoted" and compared == expected:
+    if tags.get("gate.decision") != "promoted" or compared != expected:
+        return [
+            f"night {number}: promoted without comparison to {expected} ({compared})"
+        ]
+    if previous is None:
         return []
-    return [f"night {number}: promoted without comparison to {expected} ({compared})"]
+    p_value = tags.get("gate.p_value")
+    c, b = tags.get("gate.only_candidate_right"), tags.get("gate.only_champion_right")
+    if p_value is None or c is None or b is None:
+        return [f"night {number}: promoted over v{previous} with no paired test"]
+    gain = _correct(tags) - _correct(previous_tags or {})
+    if float(p_value) > max_p or int(c) <= int(b) or int(c) - int(b) != gain:
+        return [
+            f"night {number}: promoted over v{previous} on c={c}, b={b}, "
+            f"p = {p_value} (allowed {max_p}), {gain} more right"
+        ]
+    return []
+
+
+def _correct(tags: dict[str, str]) -> int:
+    return int(tags.get("test_correct", "-1/0").split("/")[0])
+
+
+def _kept_for_lack_of_evidence(
+    client, model: str, max_p: float
+) -> tuple[list[str], list[str]]:
+    """The versions whose verdict says they were kept only for lack of evidence,
+    and where that verdict disagrees with the run's ``gate/decision.json``
+    (its only failed check ``significant_improvement``, p above ``max_p``)."""
+    kept, problems = [], []
+    for found in client.search_model_versions(f"name = '{model}'"):
+        tags, version = found.tags, found.version
+        said = "not a significant improvement" in tags.get("gate.reason", "")
+        if said:
+            kept.append(version)
+        if tags.get("gate.decision") != "rejected":
+            continue
+        record = mlflow.artifacts.load_dict(f"runs:/{found.run_id}/gate/decision.json")
+        failed = {c["name"] for c in record["checks"] if not c["passed"]}
+        recorded = failed == {"significant_improvement"}
+        if said != recorded:
+            problems.append(f"v{version}: verdict {said}, decision.json {failed}")
+        elif recorded and not (
+            record["paired_test"]["p_value"] > max_p
+            and float(tags["gate.p_value"]) > max_p
+        ):
+            problems.append(f"v{version}: kept for lack of evidence at p <= {max_p}")
+    return kept, problems
 
 
 def _untraceable(final: dict[str, dict[str, str]]) -> list[str]:
@@ -433,14 +495,25 @@ def _untraceable(final: dict[str, dict[str, str]]) -> list[str]:
 def _soak_table(counts: dict[str, int], violations: int) -> str:
     header = (
         "| nights | flow runs trained | skipped | failed (faults) | versions "
-        "| promotions | invariant violations |"
+        "| promotions | kept for lack of evidence | invariant violations |"
     )
     row = (
         f"| {counts['nights']} | {counts['trained']} | {counts['skipped']} | "
         f"{counts['faults']} | {counts['versions']} | {counts['promotions']} | "
-        f"{violations} |"
+        f"{counts['no_evidence']} | {violations} |"
     )
-    return "\n".join([header, "|" + "---|" * 7, row])
+    return "\n".join([header, "|" + "---|" * 8, row])
+
+
+def _paired_line(final: dict[str, dict[str, str]]) -> str:
+    """Each paired test's figures, e.g. ``v2 rejected c=16 b=8 p=0.076``."""
+    tested = sorted((int(v), t) for v, t in final.items() if "gate.p_value" in t)
+    figures = [
+        f"v{v} {t['gate.decision']} c={t['gate.only_candidate_right']} "
+        f"b={t['gate.only_champion_right']} p={float(t['gate.p_value']):.2g}"
+        for v, t in tested
+    ]
+    return "paired tests against @champion: " + ("; ".join(figures) or "none")
 
 
 def _try(config: TrainConfig) -> TrainingResult | Exception:
