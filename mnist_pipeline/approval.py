@@ -15,9 +15,15 @@ from dataclasses import dataclass
 
 from mnist_pipeline.gate import Check
 
+#: The version tag that says where a person's decision stands, and its values.
+APPROVAL_TAG = "approval.decision"
 APPROVED = "approved"
 REJECTED = "rejected"
 EXPIRED = "expired"
+#: Asked, and waiting for the answer.
+PENDING = "pending"
+#: Asked, but the gate failed before an answer came.
+NOT_ANSWERED = "none"
 #: Who decided, when the answer did not say: Prefect's open-source server
 #: records no user on a resumed run.
 UNKNOWN_APPROVER = "an unnamed person"
@@ -52,7 +58,7 @@ class Approval:
     def tags(self) -> dict[str, str]:
         """The tags the version (and the move's record) keep."""
         return {
-            "approval.decision": self.decision,
+            APPROVAL_TAG: self.decision,
             "approval.comment": self.comment[:_TAG_LIMIT],
             "approval.by": self.by,
         }

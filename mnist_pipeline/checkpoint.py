@@ -45,9 +45,10 @@ BACKUP_METADATA = "training_metadata.json"
 def training_claim(workdir: Path, key: str) -> Iterator[None]:
     """One run at a time per training in this work folder.
 
-    Held from the registry look-up until the version is registered, so an
-    identical run started meanwhile (a manual run beside the nightly) waits,
-    then finds the version and trains nothing.
+    Held from the registry look-up until the version is registered and gated
+    (with ``approval: required``, until the person answered), so an identical
+    run started meanwhile (a manual run beside the nightly) waits, then finds
+    the version and its verdict and trains nothing.
     """
     path = Path(workdir) / "checkpoints" / f"{key}.claim"
     with exclusive_lock(

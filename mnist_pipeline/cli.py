@@ -309,7 +309,8 @@ def serve_model(ctx: typer.Context, **options: object) -> None:
 @app.command()
 @with_options([CONFIG_FILE], config_options(PromoteConfig))
 def promote(ctx: typer.Context, **options: object) -> None:
-    """Make a registered version the @champion, bypassing the gate (recorded)."""
+    """Make a registered version the @champion without comparing it with the
+    champion (recorded; a version below the gate's floors is refused)."""
     config = _config(ctx, PromoteConfig, options)
     launch = _launch()
     from flows.registry import promote_model

@@ -178,7 +178,7 @@ class TrainConfig(BaseModel):
         description=(
             "Release without improvement: why (e.g. a fix shipped with the model). "
             "Set, the candidate need not beat @champion, only not be "
-            "significantly worse; every other check still applies"
+            "significantly worse (at max_p_value); every other check still applies"
         ),
     )
     approval: Literal["none", "required"] = Field(

@@ -7,8 +7,9 @@ same when loaded back from the registry and, when there is a champion, be
 ``min_accuracy_gain``), by more than chance explains (McNemar's exact test on
 the images only one of the two got right, p <= ``max_p_value``), and its worst
 class recall no more than ``max_recall_drop`` lower. An equal candidate, or one
-luckier by a few images, leaves the champion where it is, so a nightly on
-unchanged data or a retrain with a new seed never moves the alias.
+luckier by a few images, leaves the champion where it is: a nightly on
+unchanged data never moves the alias, and a retrain with a new seed rarely
+does (at most ``max_p_value`` of the time).
 
 A release that must go out without being better (a fix shipped with the model,
 retrained on the same data) passes the same floors with ``release_reason``
@@ -94,6 +95,8 @@ class PairedTest:
     c: int
     b: int
     p_value: float
+    #: Test images compared (for the words; 0 when not known).
+    total: int = 0
 
     @property
     def gain(self) -> int:
@@ -105,12 +108,13 @@ class PairedTest:
         """The same test the other way: the chance of b or more by luck."""
         return mcnemar_p(self.b, self.c)
 
-    def describe(self, total: int) -> str:
+    def describe(self, total: int | None = None, limit: float | None = None) -> str:
         """E.g. ``better by 6 images of 1,000 (c=14, b=8), p = 0.14``."""
-        return f"{self.counts(total)}, p = {self.p_value:.2g}"
+        return f"{self.counts(total)}, p = {format_p(self.p_value, limit)}"
 
-    def counts(self, total: int) -> str:
+    def counts(self, total: int | None = None) -> str:
         """E.g. ``better by 6 images of 1,000 (c=14, b=8)``."""
+        total = self.total if total is None else total
         if self.gain > 0:
             change = f"better by {self.gain} image{_s(self.gain)}"
         elif self.gain < 0:
@@ -118,6 +122,15 @@ class PairedTest:
         else:
             change = "as many images right"
         return f"{change} of {total:,} (c={self.c}, b={self.b})"
+
+
+def format_p(p: float, limit: float | None = None) -> str:
+    """Two significant digits, more where two would read as ``limit`` itself
+    (0.0503 is not "0.05 > 0.05")."""
+    text = f"{p:.2g}"
+    if limit is not None and p != limit and float(text) == limit:
+        text = f"{p:.4g}"
+    return text
 
 
 def mcnemar_p(c: int, b: int) -> float:
@@ -138,7 +151,7 @@ def paired_test(candidate_right: np.ndarray, champion_right: np.ndarray) -> Pair
         )
     c = int((candidate_right & ~champion_right).sum())
     b = int((champion_right & ~candidate_right).sum())
-    return PairedTest(c=c, b=b, p_value=mcnemar_p(c, b))
+    return PairedTest(c=c, b=b, p_value=mcnemar_p(c, b), total=candidate_right.size)
 
 
 def _s(n: int) -> str:
@@ -475,7 +488,7 @@ def _significant(paired: PairedTest, total: int, thresholds: Thresholds) -> Chec
         value=paired.p_value,
         relation="<=",
         threshold=limit,
-        detail=f"{paired.describe(total)} {verdict}",
+        detail=f"{paired.describe(total, limit if limit < 1 else None)} {verdict}",
     )
 
 
@@ -499,10 +512,11 @@ def _not_worse(
         )
     p_worse = paired.p_worse
     passed = p_worse > max_p
+    shown = format_p(p_worse, max_p)
     verdict = (
-        f"no evidence that it is worse (p = {p_worse:.2g} > {max_p:g})"
+        f"no evidence that it is worse (p of a loss this large = {shown} > {max_p:g})"
         if passed
-        else f"significantly worse (p = {p_worse:.2g} <= {max_p:g})"
+        else f"significantly worse (p of a loss this large = {shown} <= {max_p:g})"
     )
     return Check(
         name="not_worse_than_champion",

@@ -26,8 +26,6 @@ from mnist_pipeline.report import code_aliases, dataset_line, gate_sentence
 MAX_COMPARISONS = 3
 #: Scores a registered version on the candidate's test split.
 Rescore = Callable[[str], gate.Scores]
-#: What a version waiting for a person's decision carries meanwhile.
-PENDING_APPROVAL_TAGS = {"approval.decision": "pending"}
 
 
 @dataclass(frozen=True)
@@ -290,9 +288,16 @@ RELEASE_CHECKS = ("accuracy_floor", "robustness", "serving_smoke_test")
 
 def failed_release_checks(client: MlflowClient, name: str, version: str) -> list[str]:
     """What the gate found wrong with ``version`` alone (floor, robustness, the
-    served copy), from its run's ``gate/decision.json``; empty when it passed
-    them or was never gated (registered outside the pipeline)."""
-    run_id = client.get_model_version(name, version).run_id
+    served copy), from its run's ``gate/decision.json``, or that its gate failed
+    before it could tell; empty when it passed them or was never gated
+    (registered outside the pipeline)."""
+    found = client.get_model_version(name, version)
+    if found.tags.get("gate.decision") == "error":
+        return [
+            f"its gate failed before a verdict ({found.tags.get('gate.reason', '?')}); "
+            "the same training run again gates it again"
+        ]
+    run_id = found.run_id
     if not run_id:
         return []
     record = runs.load_json_artifact(client, run_id, registry.GATE_RECORD) or {}

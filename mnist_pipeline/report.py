@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from mnist_pipeline.gate import Decision
+from mnist_pipeline.gate import Decision, format_p
 
 if TYPE_CHECKING:
     from mnist_pipeline.drift import DriftReport
@@ -145,14 +145,16 @@ def gate_sentence(decision: Decision, compared_with: str | None) -> str:
     signed = f"; {approval.detail}" if approval and approval.passed else ""
     if not decision.promote:
         if decision.lacks_evidence:
-            return f"{details['significant_improvement'].detail}, kept as @challenger"
-        return "kept as @challenger: " + "; ".join(decision.reasons) + signed
+            detail = details["significant_improvement"].detail
+            return f"{detail}, kept as @challenger{signed}"
+        kept = "kept as @challenger: " + "; ".join(decision.reasons) + signed
+        return kept + _evidence_note(decision, kept)
     if compared_with is None:
         return "promoted to @champion (first champion; every check passed)" + signed
     if decision.release_reason:
         return (
-            f"released to @champion over v{compared_with} without improvement "
-            f"({decision.release_reason}): "
+            f"released to @champion over v{compared_with} as a release that need "
+            f"not be better ({decision.release_reason}): "
             f"{details['not_worse_than_champion'].detail}" + signed
         )
     evidence = details.get("significant_improvement") or details.get(
@@ -207,7 +209,7 @@ def approval_markdown(
         "",
         "Tick **approve** and submit to make it `@champion` (the champion is "
         "read and compared again first); submit without the tick to reject. "
-        f"No answer within {timeout / 3600:.3g} h: it expires and stays "
+        f"No answer within {duration(timeout)}: it expires and stays "
         "`@challenger`.",
         "",
         f"Every automatic check passed; the gate's verdict, if approved: "
@@ -221,6 +223,15 @@ def approval_markdown(
     return "\n".join(lines)
 
 
+def duration(seconds: float) -> str:
+    """E.g. ``12 h``, ``1.5 h``, ``10 min``, ``45 s``."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"
+
+
 def _check_table(decision: Decision) -> list[str]:
     lines = ["| Check | Result | Value | Required |", "|---|---|---|---|"]
     for check in decision.checks:
@@ -231,6 +242,14 @@ def _check_table(decision: Decision) -> list[str]:
             figures = f"{check.value:.4g} | {check.relation} {check.threshold:.4g}"
         lines.append(f"| {check.name} | {result} | {figures} |")
     return lines
+
+
+def _evidence_note(decision: Decision, sentence: str) -> str:
+    """The paired test's figures, where the sentence does not say them yet."""
+    paired = decision.paired
+    if paired is None or f"(c={paired.c}, b={paired.b})" in sentence:
+        return ""
+    return f"; against the champion: {paired.describe()}"
 
 
 def _evidence_lines(decision: Decision) -> list[str]:
@@ -247,7 +266,10 @@ def _evidence_lines(decision: Decision) -> list[str]:
         ]
     if decision.release_reason:
         lines += [
-            f"Release without improvement: {decision.release_reason}.",
+            f"A release that need not be better: {decision.release_reason}. It "
+            "must not be significantly worse: the same test the other way gives "
+            f"p = {format_p(paired.p_worse) if paired else 'n/a'} for a loss this "
+            "large.",
             "",
         ]
     return lines

@@ -86,7 +86,8 @@ def ask_approval(
             poll_interval=min(_MAX_POLL, max(1.0, timeout / 20)),
         )
     except FlowPauseTimeout:
-        _continue_after_expiry()
+        if not _continue_after_expiry():
+            raise  # cancelled meanwhile: the run ends as Prefect says
         logger.warning("Nobody approved %s v%s in time.", model_name, version)
         return approval.expired(_now(), flow_run_label())
     decided = approval.answered(
@@ -96,15 +97,20 @@ def ask_approval(
     return decided
 
 
-def _continue_after_expiry() -> None:
+def _continue_after_expiry() -> bool:
     """An expired pause leaves the run Paused, and Prefect fails a run that ends
-    so; the run goes on to record the expiry and end Completed."""
+    so: a run still Paused goes on, to record the expiry and end Completed.
+    False when it is no longer Paused (a cancellation came meanwhile)."""
     with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.get_id()).state
+        if state is None or not state.is_paused():
+            return False
         client.set_flow_run_state(
             flow_run.get_id(),
             Running(message="approval expired; recording it"),
             force=True,
         )
+    return True
 
 
 def _now() -> str:

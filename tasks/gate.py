@@ -4,7 +4,7 @@
 (robustness, the served model against the in-memory one), then, holding the
 model's promotion lock, the comparison with the champion read right then and
 the alias move. With ``approval: required`` a candidate that passes every
-check first waits, paused and holding no lock, for a person's decision in the
+check first waits, paused and holding no promotion lock, for a person's decision in the
 Prefect UI; approved, it is compared again under the lock. Any error after the
 retries leaves ``@champion`` untouched and the version ``@challenger`` with
 ``gate.decision=error`` and the reason.
@@ -28,7 +28,12 @@ from mnist_pipeline import (
     runs,
     tracking_store,
 )
-from mnist_pipeline.approval import Approval
+from mnist_pipeline.approval import (
+    APPROVAL_TAG,
+    NOT_ANSWERED,
+    PENDING,
+    Approval,
+)
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import DatasetRef, open_dataset
 from mnist_pipeline.errors import RegistryError
@@ -73,7 +78,7 @@ def run_gate(
         approval_timeout: set, a person must approve in the Prefect UI within
             this many seconds (``approval: required``).
     """
-    approval = None
+    approval, pending = None, False
     try:
         checks = check_candidate(model_name, version, keras_path, ref, seed)
         if approval_timeout is not None:
@@ -81,6 +86,7 @@ def run_gate(
                 run_id, model_name, version, candidate, checks, ref, thresholds,
                 release_reason,
             )  # fmt: skip
+            pending = preview.decision.promote  # the version says "pending" now
             approval = _approval(run_id, model_name, version, preview, approval_timeout)
             if approval is None or not approval.approved:
                 kept = preview.with_approval(approval) if approval else preview
@@ -93,7 +99,7 @@ def run_gate(
         )  # fmt: skip
     except Exception as exc:
         # A version marked pending says what became of the person's answer.
-        asked = {} if approval_timeout is None else {"approval.decision": "none"}
+        asked = {APPROVAL_TAG: NOT_ANSWERED} if pending else {}
         decided = approval.tags() if approval else asked
         _record_error(run_id, model_name, version, promotion.error_tags(exc) | decided)
         raise
@@ -130,6 +136,10 @@ def settle_existing(
         and the link to the MLflow run that trained it.
     """
     recorded = promotion.recorded_verdict(existing.tags)
+    if recorded is not None and config.release_reason and not recorded[1]:
+        # Kept before (say, for lack of evidence): released now, by the release
+        # rule, if it passes it.
+        recorded = None
     if recorded is not None:
         verdict, promoted = recorded
         gate_line = held_verdict(
@@ -275,6 +285,7 @@ def promote_if_better(
             approval=approval,
         )
         _record(client, run_id, model_name, version, outcome, candidate, ref)
+        _record_unmoved_decision(client, run_id, model_name, version, outcome)
     _publish(model_name, version, outcome)
     return outcome
 
@@ -291,7 +302,7 @@ def preview_gate(
     release_reason: str,
 ) -> GateOutcome:
     """The verdict against the champion now, before asking a person; no move,
-    no lock (the comparison is repeated under the lock after an approval)."""
+    no promotion lock (the comparison is repeated under it after an approval)."""
     client = tracking_store.client()
     outcome = promotion.compare(
         client,
@@ -305,9 +316,7 @@ def preview_gate(
         release_reason=release_reason,
     )
     if outcome.decision.promote:
-        registry.set_version_tags(
-            client, model_name, version, promotion.PENDING_APPROVAL_TAGS
-        )
+        registry.set_version_tags(client, model_name, version, {APPROVAL_TAG: PENDING})
     return outcome
 
 
@@ -324,19 +333,32 @@ def record_verdict(
     person's refusal or an expiry also goes into the alias's history."""
     client = tracking_store.client()
     _record(client, run_id, model_name, version, outcome, candidate, ref)
-    if outcome.approval is not None:
-        alias_history.record_decision(
-            client,
-            model_name,
-            version,
-            outcome.compared_with,
-            outcome.approval.tags(),
-            outcome.approval.sentence(),
-            mlflow_run=run_id,
-            prefect_flow_run=flow_run_label(),
-        )
+    _record_unmoved_decision(client, run_id, model_name, version, outcome)
     _publish(model_name, version, outcome)
     return outcome
+
+
+def _record_unmoved_decision(
+    client: MlflowClient,
+    run_id: str,
+    model_name: str,
+    version: str,
+    outcome: GateOutcome,
+) -> None:
+    """A person's answer that moved nothing, in the alias's history."""
+    if outcome.approval is None or outcome.decision.promote:
+        return
+    alias_history.record_decision(
+        client,
+        model_name,
+        version,
+        # Read now: the champion may have moved during a long wait.
+        registry.alias_version(client, model_name, registry.CHAMPION),
+        outcome.approval.tags(),
+        outcome.verdict,
+        mlflow_run=run_id,
+        prefect_flow_run=flow_run_label(),
+    )
 
 
 def _approval_request(

@@ -442,6 +442,11 @@ def test_promote_refuses_a_version_the_gate_found_below_a_floor(
     registry.move_champion(client, "mnist-cnn", "1", by="gate", reason="first")
     fragile = client.get_model_version("mnist-cnn", "3")
     floor = {"name": "accuracy_floor", "passed": True, "detail": "fine"}
+    low = {
+        "name": "accuracy_floor",
+        "passed": False,
+        "detail": "test accuracy 0.9100 < required 0.9400",
+    }
     shaky = {
         "name": "robustness",
         "passed": False,
@@ -456,10 +461,11 @@ def test_promote_refuses_a_version_the_gate_found_below_a_floor(
         "3",
         {"gate.decision": "rejected"},
         {},
-        {"checks": [floor, shaky, noise]},
+        {"checks": [low, shaky, noise]},
     )
-    with pytest.raises(RegistryError, match="0.6100 < required 0.8000") as refused:
+    with pytest.raises(RegistryError, match="0.9100 < required 0.9400") as refused:
         promote_model(PromoteConfig(version=3))
+    assert "0.6100 < required 0.8000" in str(refused.value)
     assert "never past the floor, robustness or serving checks" in str(refused.value)
     assert champion(client) == "1"
     # Kept only for lack of evidence (or never gated): an operator may promote it.

@@ -15,6 +15,7 @@ from mnist_pipeline.gate import (
     Thresholds,
     decide,
     default_min_accuracy,
+    format_p,
     mcnemar_p,
     measure_candidate,
     perturbations,
@@ -317,7 +318,7 @@ def test_equal_predictions_are_not_promoted():
     candidate, champion = paired_scores(c=0, b=0, both=970)
     decision = decide(candidate, CHECKS, champion, DEFAULT)
     assert not decision.promote
-    assert decision.paired == PairedTest(c=0, b=0, p_value=1.0)
+    assert decision.paired == PairedTest(c=0, b=0, p_value=1.0, total=1000)
     assert names_failed(decision) == ["better_than_champion"]
     assert not decision.lacks_evidence
 
@@ -350,22 +351,47 @@ def test_a_release_need_not_be_better_but_not_significantly_worse():
         "not_worse_than_champion",
         "no_recall_regression",
     ]
-    assert gate_sentence(released, "3").startswith(
-        "released to @champion over v3 without improvement (serving fix #123): "
-        "worse by 2 images of 1,000 (c=8, b=10): no evidence that it is worse "
-        "(p = 0.41 > 0.05)"
+    assert gate_sentence(released, "3") == (
+        "released to @champion over v3 as a release that need not be better "
+        "(serving fix #123): worse by 2 images of 1,000 (c=8, b=10): no evidence "
+        "that it is worse (p of a loss this large = 0.41 > 0.05)"
     )
     worse, champion = paired_scores(c=0, b=12, both=955)
     refused = decide(worse, CHECKS, champion, DEFAULT, "serving fix #123")
     assert names_failed(refused) == ["not_worse_than_champion"]
-    assert "significantly worse (p = 0.00024 <= 0.05)" in refused.reasons[0]
+    assert (
+        "significantly worse (p of a loss this large = 0.00024 <= 0.05)"
+        in (refused.reasons[0])
+    )
 
 
-def test_a_release_keeps_the_floor_and_robustness_checks():
+def test_a_release_keeps_the_floor_robustness_and_serving_checks():
     candidate, champion = paired_scores(c=0, b=0, both=930)
-    fragile = replace(CHECKS, robust_accuracy={"noise": 0.5})
+    fragile = replace(CHECKS, robust_accuracy={"noise": 0.5}, serving_difference=0.3)
     decision = decide(candidate, fragile, champion, DEFAULT, "serving fix")
-    assert names_failed(decision) == ["accuracy_floor", "robustness"]
+    assert names_failed(decision) == [
+        "accuracy_floor",
+        "robustness",
+        "serving_smoke_test",
+    ]
+
+
+def test_a_p_value_next_to_the_limit_is_not_rounded_onto_it():
+    # c=44, b=29: p = 0.0503, which two digits would print as "0.05 > 0.05".
+    candidate, champion = paired_scores(c=44, b=29, both=900)
+    decision = decide(candidate, CHECKS, champion, DEFAULT)
+    assert names_failed(decision) == ["significant_improvement"]
+    assert "p = 0.05032 > 0.05: not a significant" in gate_sentence(decision, "3")
+    assert format_p(0.0503) == "0.05" and format_p(0.14, 0.05) == "0.14"
+
+
+def test_a_rejected_verdict_still_says_the_evidence():
+    candidate, champion = paired_scores(c=10, b=0, both=960, recall=(0.80, 0.92))
+    decision = decide(candidate, CHECKS, champion, DEFAULT)
+    assert names_failed(decision) == ["no_recall_regression"]
+    assert gate_sentence(decision, "3").endswith(
+        "; against the champion: better by 10 images of 1,000 (c=10, b=0), p = 0.00098"
+    )
 
 
 def test_scores_record_which_images_were_right_and_read_back():

@@ -328,7 +328,12 @@ def test_a_significant_gain_is_promoted_with_its_evidence_on_the_version(
     assert record.tags["gate.p_value"] == "0.0009766"
     assert record.tags["gate.only_candidate_right"] == "10"
     assert record.tags["gate.only_champion_right"] == "0"
-    assert record.record["paired_test"] == {"c": 10, "b": 0, "p_value": 0.5**10}
+    assert record.record["paired_test"] == {
+        "c": 10,
+        "b": 0,
+        "p_value": 0.5**10,
+        "total": 100,
+    }
     assert (
         "Gate: promoted to `@champion` over "
         f"v{old}: better by 10 images of 100 (c=10, b=0), p = 0.00098 <= 0.05: "
@@ -418,7 +423,8 @@ def test_a_rejection_keeps_the_champion_and_says_who_and_why(client, model, run_
     assert not kept.decision.promote
     assert kept.verdict == (
         "kept as @challenger: rejected by an unnamed person on 2026-12-06 23:41 UTC: "
-        '"wait for the audit"'
+        '"wait for the audit"; against the champion: better by 10 images of 100 '
+        "(c=10, b=0), p = 0.00098"
     )
     tags = promotion.gate_record(kept, scores, SAMPLE_REF).tags
     assert (tags["gate.decision"], tags["approval.decision"]) == (
@@ -426,9 +432,9 @@ def test_a_rejection_keeps_the_champion_and_says_who_and_why(client, model, run_
         "rejected",
     )
     late = preview.with_approval(expired("2026-12-07 23:41 UTC", None))
-    assert late.verdict == (
+    assert late.verdict.startswith(
         "kept as @challenger: approval expired on 2026-12-07 23:41 UTC: nobody "
-        "decided in time"
+        "decided in time; against the champion: better by 10 images"
     )
     assert champion(client, model) == old
 
@@ -455,4 +461,54 @@ def test_a_refusal_is_on_record_once_beside_the_moves_not_as_one(client, model):
     assert move.to_version == "1"
     assert "Approvals refused or expired" in alias_history.history_markdown(
         model, [move], [decision]
+    )
+
+
+def test_an_approval_kept_on_the_second_comparison_says_so(client, model, run_id):
+    """Approved, but a better champion arrived while the person decided."""
+    from mnist_pipeline.approval import answered
+
+    asked_against = register(client, model, Scores(90, 100, 0.9))
+    make_champion(client, model, asked_against)
+    candidate = register(client, model)
+    scores = Scores(100, 100, 0.95, right(100))
+    preview = promotion.compare(
+        client,
+        model_name=model,
+        version=candidate,
+        candidate=scores,
+        checks=CHECKS,
+        ref=SAMPLE_REF,
+        thresholds=PAIRED,
+        rescore=no_rescore,
+    )
+    assert preview.decision.promote
+    newer = register(client, model, Scores(99, 100, 0.95))
+    make_champion(client, model, newer)  # while the request waited
+    yes = answered(True, "ship it", "alice", "2026-12-06 23:40 UTC", None)
+    outcome = promote(client, model, run_id, candidate, scores, no_rescore, PAIRED, yes)
+    assert not outcome.decision.promote and champion(client, model) == newer
+    assert outcome.compared_with == newer
+    assert outcome.verdict == (
+        "better by 1 image of 100 (c=1, b=0), p = 0.5 > 0.05: not a significant "
+        "improvement, kept as @challenger; approved by alice on 2026-12-06 23:40 "
+        'UTC: "ship it"'
+    )
+    tags = promotion.gate_record(outcome, scores, SAMPLE_REF).tags
+    assert (tags["gate.decision"], tags["approval.decision"]) == (
+        "rejected",
+        "approved",
+    )
+
+
+def test_promote_refuses_a_version_whose_gate_failed_before_a_verdict(client, model):
+    version = register(client, model, Scores(95, 100, 0.9))
+    assert promotion.failed_release_checks(client, model, version) == []
+    client.set_model_version_tag(model, version, "gate.decision", "error")
+    client.set_model_version_tag(
+        model, version, "gate.reason", "ServedModelError: fails as a fresh process"
+    )
+    (reason,) = promotion.failed_release_checks(client, model, version)
+    assert reason.startswith(
+        "its gate failed before a verdict (ServedModelError: fails as a fresh process)"
     )
