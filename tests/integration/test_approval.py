@@ -161,7 +161,9 @@ def test_a_rejected_candidate_stays_challenger_and_the_champion_is_untouched(
     result = candidate.finish()
     assert not result.promoted and champion(client) == "1"
     assert result.verdict.startswith("kept as @challenger: rejected by an unnamed ")
-    assert result.verdict.endswith(': "wait for the audit"')
+    assert ': "wait for the audit"; against the champion: better by ' in (
+        result.verdict
+    )
     assert registry.alias_version(client, "mnist-cnn", registry.CHALLENGER) == "2"
     tags = version_tags(client, "2")
     assert (tags["gate.decision"], tags["approval.decision"]) == (
