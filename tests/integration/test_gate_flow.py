@@ -170,3 +170,42 @@ def test_a_clearly_better_candidate_is_promoted_with_its_p_value(
     assert f"only this version right **c = {c}**" in markdown
     assert f"**b = {b}**, **p = {p_value:.2g}**" in markdown
     assert "| significant_improvement | pass |" in markdown
+
+
+def test_a_release_reason_gates_a_kept_training_again_by_the_release_rule(
+    prefect_api_url, mlflow_store, tmp_path
+):
+    """The nightly kept the fix's training; the release command does not train it
+    again but gates the same version by the release rule."""
+    # Three epochs of small batches: two seeds land within a few images.
+    lenient = {
+        "min_accuracy": 0.0,
+        "min_robust_accuracy": 0.0,
+        "max_recall_drop": 1.0,
+        "epochs": 3,
+        "batch_size": 32,
+    }
+    champion = mnist_training(small_config(tmp_path, **lenient))
+    assert champion.promoted
+    same = small_config(tmp_path, **lenient)  # the same training: its key
+    kept = mnist_training(same.model_copy(update={"seed": 1}))
+    if kept.promoted:
+        pytest.skip(f"seed 1 beat seed 0 significantly here: {kept.verdict}")
+    release = same.model_copy(update={"seed": 1, "release_reason": "serving fix #12"})
+    released = mnist_training(release)
+    assert released.skipped and released.version == kept.version
+    assert released.verdict.startswith("nothing trained; v2 holds this training; ")
+    assert "gated by this run: " in released.verdict
+    client = tracking_store.connect()
+    tags = client.get_model_version("mnist-cnn", "2").tags
+    assert tags["gate.reason"] in released.verdict
+    paired = tags["gate.only_candidate_right"], tags["gate.only_champion_right"]
+    if released.promoted:
+        assert tags["gate.reason"].startswith(
+            "released to @champion over v1 as a release that need not be better "
+            "(serving fix #12): "
+        )
+        assert f"(c={paired[0]}, b={paired[1]})" in tags["gate.reason"]
+        assert registry.alias_version(client, "mnist-cnn", registry.CHAMPION) == "2"
+    else:
+        assert "significantly worse (p of a loss this large = " in tags["gate.reason"]
