@@ -17,7 +17,7 @@ from mnist_pipeline.data import DatasetRef
 from mnist_pipeline.lineage import code_version
 from mnist_pipeline.promotion import GateOutcome
 from tasks.evaluate import EvaluationSummary
-from tasks.gate import gate_settings, run_gate
+from tasks.gate import GateSettings, run_gate
 from tasks.report import publish_summary
 from tasks.track import log_results, register_model
 from tasks.train import TrainedModel
@@ -64,7 +64,7 @@ def register_and_gate(
         keras_path=trained.path,
         ref=ref,
         candidate=scores,
-        **gate_settings(config, ref),
+        settings=GateSettings.of(config, ref),
     )
     return Candidate(run_id, config.model_name, version, evaluation, scores, outcome)
 

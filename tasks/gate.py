@@ -12,6 +12,7 @@ retries leaves ``@champion`` untouched and the version ``@challenger`` with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,39 @@ from tasks.track import MLFLOW_RETRY, ExistingVersion
 GATE_TIMEOUT = 900
 
 
+@dataclass(frozen=True)
+class GateSettings:
+    """How the gate judges a candidate, from its training's config.
+
+    Attributes:
+        thresholds: the floors, margins and the paired test's ``max_p_value``.
+        seed: seeds the noise perturbation of the robustness check.
+        timeout: seconds to wait for the promotion lock.
+        release_reason: set, the candidate need not be better than the
+            champion, only not significantly worse.
+        approval_timeout: set, a person must approve in the Prefect UI within
+            this many seconds (``approval: required``).
+    """
+
+    thresholds: gate.Thresholds
+    seed: int
+    timeout: float
+    release_reason: str = ""
+    approval_timeout: float | None = None
+
+    @classmethod
+    def of(cls, config: TrainConfig, ref: DatasetRef) -> GateSettings:
+        """The settings of a training config, the floor by ``ref``'s dataset."""
+        required = config.approval == "required"
+        return cls(
+            thresholds=gate.thresholds_for(config, ref.name),
+            seed=config.seed,
+            timeout=config.promotion_timeout,
+            release_reason=config.release_reason,
+            approval_timeout=config.approval_timeout if required else None,
+        )
+
+
 def run_gate(
     *,
     run_id: str,
@@ -64,23 +98,15 @@ def run_gate(
     keras_path: str,
     ref: DatasetRef,
     candidate: gate.Scores,
-    thresholds: gate.Thresholds,
-    seed: int,
-    timeout: float,
-    release_reason: str = "",
-    approval_timeout: float | None = None,
+    settings: GateSettings,
 ) -> GateOutcome:
-    """Check the candidate, compare it with the champion under the lock, promote.
-
-    Args:
-        release_reason: set, the candidate need not be better than the
-            champion, only not significantly worse.
-        approval_timeout: set, a person must approve in the Prefect UI within
-            this many seconds (``approval: required``).
-    """
+    """Check the candidate, compare it with the champion under the lock, promote."""
+    thresholds, timeout = settings.thresholds, settings.timeout
+    release_reason = settings.release_reason
+    approval_timeout = settings.approval_timeout
     approval, pending = None, False
     try:
-        checks = check_candidate(model_name, version, keras_path, ref, seed)
+        checks = check_candidate(model_name, version, keras_path, ref, settings.seed)
         if approval_timeout is not None:
             preview = preview_gate(
                 run_id, model_name, version, candidate, checks, ref, thresholds,
@@ -196,22 +222,9 @@ def _gate_existing(
         keras_path=_keras_file(config, existing),
         ref=ref,
         candidate=candidate,
-        **gate_settings(config, ref),
+        settings=GateSettings.of(config, ref),
     )
     return outcome.verdict, outcome.decision.promote
-
-
-def gate_settings(config: TrainConfig, ref: DatasetRef) -> dict[str, object]:
-    """``run_gate``'s settings from a training config: thresholds, release,
-    approval, the seed of its perturbations and the lock's timeout."""
-    required = config.approval == "required"
-    return {
-        "thresholds": gate.thresholds_for(config, ref.name),
-        "seed": config.seed,
-        "timeout": config.promotion_timeout,
-        "release_reason": config.release_reason,
-        "approval_timeout": config.approval_timeout if required else None,
-    }
 
 
 def _keras_file(config: TrainConfig, existing: ExistingVersion) -> str:
