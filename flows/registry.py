@@ -147,23 +147,20 @@ def _move(
 
 
 @flow(name="mnist-champion-history", flow_run_name=_history_name)
-def champion_history(config: HistoryConfig) -> list[alias_history.Move]:
-    """Every recorded move of ``@champion``, oldest first (newest N with a limit)."""
+def champion_history(config: HistoryConfig) -> alias_history.History:
+    """Every recorded move of ``@champion`` and every refused or expired
+    approval, oldest first (the newest N of each with a limit)."""
     configure_flow_logs()
     client = tracking_store.connect()
-    moves = alias_history.read_moves(client, config.model_name)
-    if config.limit is not None:
-        moves = moves[-config.limit :]
+    history = alias_history.read_history(client, config.model_name, config.limit)
     create_markdown_artifact(
         alias_history.history_markdown(
-            config.model_name,
-            moves,
-            alias_history.read_decisions(client, config.model_name),
+            config.model_name, history.moves, history.decisions
         ),
         key="champion-history",
         description=f"Moves of {config.model_name} @champion, newest first",
     )
-    return moves
+    return history
 
 
 def _report(change: AliasChange, reason: str) -> AliasChange:

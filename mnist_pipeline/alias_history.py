@@ -254,6 +254,25 @@ def read_decisions(client: MlflowClient, model_name: str) -> list[Decision]:
     ]
 
 
+@dataclass(frozen=True)
+class History:
+    """The moves of ``@champion`` and the decisions that moved nothing."""
+
+    moves: list[Move]
+    decisions: list[Decision]
+
+
+def read_history(
+    client: MlflowClient, model_name: str, limit: int | None = None
+) -> History:
+    """Both, oldest first; with ``limit``, the newest ``limit`` of each."""
+    moves = read_moves(client, model_name)
+    decisions = read_decisions(client, model_name)
+    if limit is not None:
+        moves, decisions = moves[-limit:], decisions[-limit:]
+    return History(moves, decisions)
+
+
 def read_moves(client: MlflowClient, model_name: str) -> list[Move]:
     """Every recorded move of ``model_name``'s ``@champion``, oldest first."""
     experiment = client.get_experiment_by_name(experiment_name(model_name))

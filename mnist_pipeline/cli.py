@@ -338,13 +338,17 @@ def history(ctx: typer.Context, **options: object) -> None:
     from flows.registry import champion_history
     from mnist_pipeline.alias_history import experiment_name, format_table
 
-    moves = _run(launch, champion_history, config=config)
-    if not moves:
-        launch.report(f"{config.model_name} @champion has never moved.")
+    history = _run(launch, champion_history, config=config)
+    refused = [f"- {decision.sentence}" for decision in reversed(history.decisions)]
+    if refused:
+        refused = ["", "Approvals refused or expired (nothing moved):", *refused, ""]
+    if not history.moves:
+        launch.report(f"{config.model_name} @champion has never moved.", *refused)
         return
     launch.report(
-        *format_table(moves),
-        f"{len(moves)} move(s); in the MLflow UI: experiment "
+        *format_table(history.moves),
+        *refused,
+        f"{len(history.moves)} move(s); in the MLflow UI: experiment "
         f"{experiment_name(config.model_name)}.",
     )
 

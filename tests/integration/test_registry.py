@@ -337,8 +337,21 @@ def test_operator_commands_promote_roll_back_and_show_the_history(
     assert rolled.stdout.strip().endswith("mnist-cnn @champion: version 2 -> version 1")
     assert champion(client) == "1"
 
+    alias_history.record_decision(
+        client,
+        "mnist-cnn",
+        "3",
+        "1",
+        {"approval.decision": "rejected"},
+        'kept as @challenger: rejected by bob on 2026-12-06 23:50 UTC: "not yet"',
+        mlflow_run="r3",
+    )
     shown = run_cli("history", cwd=tmp_path, env=env)
     assert shown.returncode == 0, shown.stderr
+    assert (
+        "- v3 of `mnist-cnn` was not made `@champion`: kept as `@challenger`: "
+        'rejected by bob on 2026-12-06 23:50 UTC: "not yet". `@champion` stayed v1.'
+    ) in shown.stdout
     lines = shown.stdout.strip().splitlines()
     table = lines[lines.index(next(x for x in lines if x.startswith("#  "))) :]
     cells = [re.split(r"\s{2,}", line) for line in table[:4]]
