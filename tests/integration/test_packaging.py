@@ -8,16 +8,20 @@ loads it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 from mlflow.exceptions import MlflowException
 
@@ -26,7 +30,7 @@ from mnist_pipeline.config import ServeConfig
 from mnist_pipeline.data import Dataset, save_dataset
 from mnist_pipeline.errors import ServedModelError
 from mnist_pipeline.model import build_model
-from mnist_pipeline.serving import MAX_IMAGES_VARIABLE
+from mnist_pipeline.serving import MAX_IMAGES_VARIABLE, as_model_input
 from tasks.gate import check_candidate
 
 from .servers import BIN, background, clean_environment, free_port, responds, wait_for
@@ -203,3 +207,103 @@ def test_the_gate_checks_each_version_with_the_code_shipped_with_it(shipped):
         "process loads it; its signature says (40, 10)."
     )
     assert len(sys.path) == paths  # nothing loaded here: nothing left on it
+
+
+def checkers() -> set[int]:
+    """The live checker processes of this one: its ``python -P -c`` children."""
+    found = set()
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            alive = child.status() != psutil.STATUS_ZOMBIE
+            if alive and child.cmdline()[1:3] == ["-P", "-c"]:
+                found.add(child.pid)
+    return found
+
+
+def wait_for_exit(pid: int, timeout: float = 30) -> None:
+    """Until ``pid`` is a zombie (this process has not reaped it) or gone."""
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(psutil.NoSuchProcess):
+        while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, f"{pid} still runs"
+            time.sleep(0.05)
+
+
+def test_one_checker_answers_every_version_shipping_the_same_code(
+    shipped, trained_registry
+):
+    """Kept per shipped code's bytes; one dead or late is not asked again."""
+    client = shipped[0]
+    images = as_model_input(trained_registry.sample.x_test[:8])
+    packaging.stop_checkers()
+    assert checkers() == set()
+    tracking_store.connect(client.tracking_uri)
+    untrained = packaging.predict_in_fresh_process("models:/shipped-cnn/1", images)
+    (first,) = checkers()
+
+    # The same code in another store: the same process, the other store's model,
+    # three threads at once taking turns.
+    tracking_store.connect(trained_registry.uri)
+    uri = "models:/mnist-cnn/1"
+    expected = packaging.load_pyfunc(uri).predict(images)
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(
+            pool.map(lambda _: packaging.predict_in_fresh_process(uri, images), "abc")
+        )
+    for answer in answers:
+        np.testing.assert_allclose(answer, expected, atol=1e-6)
+    assert not np.allclose(answers[0], untrained)
+    assert checkers() == {first}
+
+    # Other shipped code (nine classes): another process, kept as it answered.
+    tracking_store.connect(client.tracking_uri)
+    with pytest.raises(ServedModelError, match=r"with shape \(8, 9\)"):
+        packaging.predict_in_fresh_process("models:/shipped-cnn/3", images)
+    (nine,) = checkers() - {first}
+    again = packaging.predict_in_fresh_process("models:/shipped-cnn/1", images)
+    np.testing.assert_allclose(again, untrained, atol=1e-6)  # ten classes: first's
+    assert checkers() == {first, nine}
+
+    # Killed while idle: a new process answers the next request.
+    os.kill(first, signal.SIGKILL)
+    wait_for_exit(first)
+    again = packaging.predict_in_fresh_process("models:/shipped-cnn/1", images)
+    np.testing.assert_allclose(again, untrained, atol=1e-6)
+    (third,) = checkers() - {nine}
+    assert third != first
+
+    # No answer in time: the request fails and the process is gone.
+    with pytest.raises(ServedModelError) as late:
+        packaging.predict_in_fresh_process("models:/shipped-cnn/1", images, 0.01)
+    assert str(late.value) == (
+        "models:/shipped-cnn/1 fails as a fresh process loads it (as `mlflow models "
+        "serve` would): it gave no answer within 0.01 s"
+    )
+    assert checkers() == {nine}
+
+
+def test_a_checker_serves_only_the_same_shipped_code_and_environment(
+    shipped, monkeypatch, tmp_path
+):
+    """Which checker process may answer a version (no process is started here)."""
+    client = shipped[0]
+    store = client.tracking_uri
+
+    def key(version: str) -> str | None:
+        return packaging._checker_key(f"models:/shipped-cnn/{version}", store)
+
+    good = key("1")
+    assert good is not None and key("1") == good
+    assert len({good, key("2"), key("3")}) == 3  # the broken copies: their own
+    assert key("99") is None  # unreadable: a process of its own reports why
+    # Keras reads only keras.json from its home: an empty one means its defaults.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    assert key("1") == good
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "keras.json").write_text(json.dumps({"floatx": "float64"}))
+    monkeypatch.setenv("KERAS_HOME", str(custom))
+    assert key("1") != good
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("MNIST_PIPELINE_PROBE", "1")  # any other variable counts
+    assert key("1") != good
