@@ -153,7 +153,7 @@ def test_a_clearly_better_candidate_is_promoted_with_its_p_value(
     assert p_value <= max_p
 
     decision = mlflow.artifacts.load_dict(f"runs:/{strong.run_id}/gate/decision.json")
-    paired = {"c": c, "b": b, "p_value": pytest.approx(p_value)}
+    paired = {"c": c, "b": b, "p_value": pytest.approx(p_value), "total": 200}
     assert decision["paired_test"] == paired
     (check,) = [x for x in decision["checks"] if x["name"] == "significant_improvement"]
     assert check["passed"] and check["threshold"] == max_p
