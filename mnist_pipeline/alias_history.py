@@ -234,14 +234,7 @@ def record_decision(
 
 def read_decisions(client: MlflowClient, model_name: str) -> list[Decision]:
     """The recorded decisions that moved nothing, oldest first."""
-    experiment = client.get_experiment_by_name(experiment_name(model_name))
-    if experiment is None:
-        return []
-    runs = [
-        run
-        for run in _runs(client, experiment.experiment_id, "")
-        if "decision.version" in run.data.tags
-    ]
+    runs = _records(client, model_name, "decision.version")
     return [
         Decision(
             version=run.data.tags["decision.version"],
@@ -275,16 +268,18 @@ def read_history(
 
 def read_moves(client: MlflowClient, model_name: str) -> list[Move]:
     """Every recorded move of ``model_name``'s ``@champion``, oldest first."""
+    runs = _records(client, model_name, "move.to")
+    ordered = sorted(runs, key=lambda run: (_seq(run), run.info.start_time))
+    return [_move(run) for run in ordered]
+
+
+def _records(client: MlflowClient, model_name: str, tag: str) -> list[Run]:
+    """The history's runs that carry ``tag`` (moves or decisions)."""
     experiment = client.get_experiment_by_name(experiment_name(model_name))
     if experiment is None:
         return []
-    runs = [
-        run
-        for run in _runs(client, experiment.experiment_id, "")
-        if "move.to" in run.data.tags
-    ]
-    ordered = sorted(runs, key=lambda run: (_seq(run), run.info.start_time))
-    return [_move(run) for run in ordered]
+    runs = _runs(client, experiment.experiment_id, "")
+    return [run for run in runs if tag in run.data.tags]
 
 
 def champion_stack(moves: Iterable[Move], current: str | None) -> list[str]:
