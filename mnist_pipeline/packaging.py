@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
@@ -29,14 +30,15 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+from mlflow.store.artifact.utils.models import get_model_name_and_version
 from mlflow.types.schema import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from mnist_pipeline import registry
+from mnist_pipeline import registry, tracking_store
 from mnist_pipeline.config import ServeConfig
 from mnist_pipeline.errors import ServedModelError
 from mnist_pipeline.redact import redact_text
@@ -221,50 +223,85 @@ def _sys_path_restored() -> Iterator[None]:
 #: nothing of this project, and for each request lets MLflow put the version's
 #: code/ first on sys.path and run its wrapper, as ``mlflow models serve`` does.
 #: A request is one JSON line on stdin; it is acknowledged, then answered, by
-#: JSON lines on the process's original stdout (what the loaded code prints
-#: goes to stderr).
+#: JSON lines on the process's original stdout carrying the request's id (what
+#: the loaded code prints goes to stderr). Idle for ``sys.argv[2]`` seconds, or
+#: with stdin closed, it exits (code 0).
 _CHECKER = r"""
-import json, os, sys, traceback
+import json, os, select, shutil, sys, tempfile, traceback
 import numpy as np
 import mlflow.models.model
 import mlflow.pyfunc
 
-answers, requests = os.fdopen(os.dup(1), "w"), os.fdopen(os.dup(0))
+answers, requests = os.fdopen(os.dup(1), "w"), os.dup(0)
 os.dup2(2, 1)
 os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-config = json.loads(sys.argv[1])
-for line in requests:
-    uri, tracking_uri, cwd, inputs, outputs = json.loads(line)
-    answers.write("{}\n")  # taken
+config, idle = json.loads(sys.argv[1]), float(sys.argv[2])
+pending = b""
+
+
+def next_request():
+    global pending
+    while b"\n" not in pending:
+        if not select.select([requests], [], [], idle)[0]:
+            return None  # idle too long: the parent starts another when needed
+        chunk = os.read(requests, 1 << 16)
+        if not chunk:
+            return None  # the parent is gone
+        pending += chunk
+    line, _, pending = pending.partition(b"\n")
+    return json.loads(line)
+
+
+def answer(**fields):
+    answers.write(json.dumps(fields) + "\n")
     answers.flush()
+
+
+def under(file, folders):
+    roots = tuple(os.path.join(os.path.abspath(f), "") for f in folders if f)
+    return os.path.abspath(file).startswith(roots)
+
+
+while (request := next_request()) is not None:
+    ident, uri, tracking_uri, registry_uri, cwd, inputs, outputs = request
+    answer(id=ident)  # taken
     paths, modules = list(sys.path), set(sys.modules)
+    download = tempfile.mkdtemp(prefix="served-model-")
     try:
-        os.chdir(cwd)
+        if cwd is not None:
+            os.chdir(cwd)
         mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(registry_uri)
         mlflow.models.model.__mlflow_model__ = None  # as a new process starts
-        model = mlflow.pyfunc.load_model(uri, model_config=config)
+        model = mlflow.pyfunc.load_model(uri, dst_path=download, model_config=config)
         np.save(outputs, np.asarray(model.predict(np.load(inputs))))
     except BaseException:
-        answers.write(json.dumps({"error": traceback.format_exc()}) + "\n")
-        answers.flush()
+        answer(id=ident, error=traceback.format_exc())
+        shutil.rmtree(download, ignore_errors=True)
         break  # a process that failed once is not asked again
     # Forget the version: its code/ leaves sys.path, and every module it loaded
-    # from outside the folders already on it (its code/, its model file) leaves
-    # sys.modules, so the next version imports its own copy again.
-    roots = tuple(os.path.join(os.path.abspath(p), "") for p in paths if p)
+    # from its download (code/, model file), from a folder it put on sys.path,
+    # or from outside the folders already on it leaves sys.modules, so the next
+    # version imports its own copy again (even when PYTHONPATH holds a folder
+    # its download lies in).
+    added = [p for p in sys.path if p not in paths]
     sys.path[:] = paths
     for name in set(sys.modules) - modules:
         file = getattr(sys.modules[name], "__file__", None)
-        if file and not os.path.abspath(file).startswith(roots):
+        if file and (under(file, [*added, download]) or not under(file, paths)):
             del sys.modules[name]
     del model
-    answers.write(json.dumps({"pid": os.getpid()}) + "\n")
-    answers.flush()
+    shutil.rmtree(download, ignore_errors=True)
+    answer(id=ident, pid=os.getpid())
 """
 
 #: Checker processes kept between requests (each holds TensorFlow: ~0.8 GB,
 #: ~0.9 GB after 60 requests).
 KEPT_CHECKERS = 2
+#: Seconds a checker waits for its next request before it exits by itself.
+CHECKER_IDLE_EXIT = 600
+#: Seconds a request waits for its busy kept checker before it starts its own.
+CHECKER_BUSY_WAIT = 10
 
 
 def predict_in_fresh_process(
@@ -279,19 +316,30 @@ def predict_in_fresh_process(
     process's already imported wrapper. That interpreter (a checker) is kept
     for later versions whose shipped code has the same bytes (see
     :func:`_checker_key`) and forgets each version's modules after it; one that
-    fails, dies or times out is not asked again. A checker found dead before a
-    request is replaced; one that dies during it fails that request.
+    fails, dies, times out or is interrupted is not asked again. A checker found
+    dead (or gone idle) before a request is replaced; one that dies during it
+    fails that request. A request whose kept checker is busy for
+    :data:`CHECKER_BUSY_WAIT` seconds gets a checker of its own.
 
     Raises:
-        ServedModelError: it does not load or predict in time, or answers in
-            another shape than its signature's.
+        ServedModelError: it does not load or predict, or answers in another
+            shape than its signature's.
+        TimeoutError: no answer within ``timeout`` seconds (worth another try:
+            not a :class:`~mnist_pipeline.errors.PipelineError`).
     """
-    tracking_uri = mlflow.get_tracking_uri()
+    cwd, stores = _caller_folder(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     with tempfile.TemporaryDirectory() as scratch:
         inputs, outputs = Path(scratch, "images.npy"), Path(scratch, "predictions.npy")
         np.save(inputs, images)
-        request = [model_uri, tracking_uri, os.getcwd(), str(inputs), str(outputs)]
-        error = _ask_checker(_checker_key(model_uri, tracking_uri), request, timeout)
+        request = [model_uri, *stores, cwd, str(inputs), str(outputs)]
+        key = _checker_key(model_uri, *stores) if cwd is not None else None
+        try:
+            error = _ask_checker(key, request, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{model_uri} gave no answer within {timeout:g} s as a fresh process "
+                "loads it"
+            ) from None
         if error is not None:
             raise ServedModelError(
                 f"{model_uri} fails as a fresh process loads it (as `mlflow models "
@@ -308,7 +356,24 @@ def predict_in_fresh_process(
     return predictions
 
 
-def _checker_key(model_uri: str, tracking_uri: str) -> str | None:
+def _caller_folder(*uris: str) -> tuple[str | None, list[str]]:
+    """This process's working folder, and the store ``uris`` as read from there.
+
+    A relative SQLite path is made absolute: MLflow caches a store by its URI,
+    so a kept checker (or this process) would otherwise read the store of the
+    first folder it met. The folder is None when it was removed: a checker then
+    runs where it was started.
+    """
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        return None, list(uris)
+    return cwd, [tracking_store.portable_uri(uri) for uri in uris]
+
+
+def _checker_key(
+    model_uri: str, tracking_uri: str, registry_uri: str | None = None
+) -> str | None:
     """Which checker may load ``model_uri``: a digest of the code shipped with it.
 
     The digest covers the interpreter, this environment (less the variables sent
@@ -316,17 +381,19 @@ def _checker_key(model_uri: str, tracking_uri: str) -> str | None:
     of the version's ``code/`` folder and model file, the only code it brings.
     ``KERAS_HOME`` counts by the settings of its ``keras.json``, all Keras reads
     of it on import (tests give each test its own folder).
-    None when they cannot be read: a new checker then tries, and reports the
-    error a fresh process meets.
+    None when they cannot be read, for whatever reason (a missing version, a
+    store down, an odd MLmodel): a new checker then tries, and reports the error
+    a fresh process meets.
     """
     digest = hashlib.sha256(sys.executable.encode())
-    ignored = {MAX_IMAGES_VARIABLE, "MLFLOW_TRACKING_URI", "PYTEST_CURRENT_TEST"}
+    ignored = {MAX_IMAGES_VARIABLE, "PYTEST_CURRENT_TEST"}
+    ignored |= {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"}  # sent per request
     environment = {k: v for k, v in os.environ.items() if k not in ignored}
     if "KERAS_HOME" in environment:
         environment["KERAS_HOME"] = _keras_settings(environment["KERAS_HOME"])
     digest.update(json.dumps(environment, sort_keys=True).encode())
     try:
-        repository = get_artifact_repository(model_uri, tracking_uri=tracking_uri)
+        repository = _model_repository(model_uri, tracking_uri, registry_uri)
         with tempfile.TemporaryDirectory() as scratch:
             conf = Model.load(
                 repository.download_artifacts(MLMODEL_FILE_NAME, scratch)
@@ -337,9 +404,27 @@ def _checker_key(model_uri: str, tracking_uri: str) -> str | None:
                 folder = Path(scratch, "shipped", name)
                 folder.mkdir(parents=True)
                 _digest_tree(digest, name, repository.download_artifacts(name, folder))
-    except (MlflowException, OSError):
+    except Exception:  # noqa: BLE001 - reported by the checker that meets it too
         return None
     return digest.hexdigest()
+
+
+def _model_repository(model_uri: str, tracking_uri: str, registry_uri: str | None):
+    """The artifact repository of ``model_uri`` read from these stores.
+
+    MLflow's repository for ``models:/`` finds the version through the process's
+    registry URI, whatever it is given.
+    """
+    if not ModelsArtifactRepository.is_models_uri(model_uri):
+        return get_artifact_repository(model_uri, tracking_uri, registry_uri)
+    client = MlflowClient(tracking_uri, registry_uri)
+    found = get_model_name_and_version(client, model_uri)
+    location = (
+        client.get_logged_model(found[0]).artifact_location
+        if len(found) == 1
+        else client.get_model_version_download_uri(*found)
+    )
+    return get_artifact_repository(location, tracking_uri, registry_uri)
 
 
 #: What Keras 3 assumes, and writes into ``keras.json``, when it finds none.
@@ -372,7 +457,10 @@ def _digest_tree(digest, name: str, path: str) -> None:
 
 
 class _CheckerGone(Exception):
-    """A checker that had answered died before it took the next request."""
+    """A checker that had answered is gone (died, or left idle) or out of step.
+
+    It did not take this request, or answered with another request's id.
+    """
 
 
 class _Checker:
@@ -385,7 +473,8 @@ class _Checker:
         # -P: the working folder (a checkout holds mnist_pipeline/) stays off
         # sys.path, as it does for the ``mlflow`` command.
         self.process = subprocess.Popen(
-            [sys.executable, "-P", "-c", _CHECKER, json.dumps(UNBOUNDED)],
+            [sys.executable, "-P", "-c", _CHECKER, json.dumps(UNBOUNDED)]
+            + [str(CHECKER_IDLE_EXIT)],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -405,38 +494,50 @@ class _Checker:
                 self.answers.put(line)
         self.answers.put("")  # end of file: the process is gone
 
-    def ask(self, request: list[str], deadline: float) -> str | None:
+    def ask(self, request: list[str | None], deadline: float) -> str | None:
         """Have the process answer ``request``: None, or why it failed.
 
         Raises:
             TimeoutError: no answer came by ``deadline`` (``time.monotonic``).
-            _CheckerGone: it answered before, then died before taking this one.
+            _CheckerGone: it answered before (or left idle), then was gone before
+                it took this one; or it answered another request.
         """
         said_before = os.fstat(self.stderr.fileno()).st_size
+        ident = uuid.uuid4().hex
         try:
-            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.write(json.dumps([ident, *request]) + "\n")
             self.process.stdin.flush()
-            taken = self._next(deadline)
-            line = self._next(deadline) if taken else ""
+            taken = self._next(ident, deadline)
+            answer = self._next(ident, deadline) if taken is not None else None
         except BrokenPipeError:
-            taken = line = ""
-        if line:
+            taken = answer = None
+        if answer is not None:
             self.answered += 1
-            answer = json.loads(line)
             return _python_error(answer["error"]) if "error" in answer else None
-        if not taken and self.answered:
-            raise _CheckerGone
         code = self.process.wait()
+        if taken is None and (self.answered or code == 0):
+            raise _CheckerGone
         self.stderr.seek(said_before)
         said = _python_error(self.stderr.read().decode(errors="replace"))
         return f"the process exited with code {code} ({said})"
 
-    def _next(self, deadline: float) -> str:
-        """The process's next line, "" once it is gone."""
+    def _next(self, ident: str, deadline: float) -> dict | None:
+        """The process's next line about request ``ident``, None once it is gone.
+
+        Raises:
+            TimeoutError: none by ``deadline``.
+            _CheckerGone: the line is about another request.
+        """
         try:
-            return self.answers.get(timeout=max(deadline - time.monotonic(), 0))
+            line = self.answers.get(timeout=max(deadline - time.monotonic(), 0))
         except queue.Empty:
             raise TimeoutError from None
+        if not line:
+            return None
+        said = json.loads(line)
+        if said.get("id") != ident:
+            raise _CheckerGone
+        return said
 
     def close(self) -> None:
         """Kill the process (unless a forked copy of this one holds it)."""
@@ -455,28 +556,40 @@ _checkers_lock = threading.Lock()
 _exit_hook: list[bool] = []
 
 
-def _ask_checker(key: str | None, request: list[str], timeout: float) -> str | None:
+def _ask_checker(
+    key: str | None, request: list[str | None], timeout: float
+) -> str | None:
     """Have a checker for ``key`` answer ``request``: None, or why it failed.
 
-    A checker that failed, timed out or is no longer kept is closed after it;
-    one that died before it took the request is replaced (it was not asked).
+    A checker that failed, timed out, was interrupted (any exception, a
+    cancellation included) or is no longer kept is closed after it; one gone
+    before it took the request, or out of step, is replaced. When the kept one
+    is busy for :data:`CHECKER_BUSY_WAIT` s, a checker of this request's own
+    answers.
+
+    Raises:
+        TimeoutError: no answer within ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
-    late = f"it gave no answer within {timeout:g} s"
     while True:
         checker = _checker(key)
-        if not checker.lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
-            return f"{late} (busy with another request)"
+        wait = min(CHECKER_BUSY_WAIT, deadline - time.monotonic())
+        if not checker.lock.acquire(timeout=max(wait, 0)):
+            if time.monotonic() >= deadline:
+                raise TimeoutError
+            checker = _Checker()  # not kept: closed after this request
+            checker.lock.acquire()
         try:
             if checker.closed:  # by another thread, since _checker returned it
                 continue
             try:
                 error = checker.ask(request, deadline)
-            except TimeoutError:
-                error = late
             except _CheckerGone:
                 _discard(key, checker)
                 continue
+            except BaseException:
+                _discard(key, checker)  # its answer to this request is not read
+                raise
             with _checkers_lock:
                 kept = key is not None and _checkers.get(key) is checker
             if error is not None or not kept:

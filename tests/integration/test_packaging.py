@@ -8,6 +8,7 @@ loads it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -151,11 +152,24 @@ MnistClassifier.predict = lambda self, context, model_input, params=None: (
     _predict(self, context, model_input, params)[:, :9]
 )
 """
+#: A wrapper answering, for every class, how many times this module was imported
+#: in its process (kept on ``sys``, which no version brings).
+COUNTED = """
+import sys as _sys
+_sys.mnist_imports = getattr(_sys, "mnist_imports", 0) + 1
+_imports, _counted = _sys.mnist_imports, MnistClassifier.predict
+MnistClassifier.predict = lambda self, context, model_input, params=None: (
+    _counted(self, context, model_input, params) * 0 + _imports
+)
+"""
 
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
-    """A store with v1 as logged, v2 and v3 logged with broken copies of its code."""
+    """A store with v1 as logged, v2 to v4 logged with altered copies of its code.
+
+    v2 does not import, v3 answers nine classes, v4 counts its imports.
+    """
     root = tmp_path_factory.mktemp("shipped")
     client = tracking_store.connect(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.create_experiment(
@@ -166,7 +180,7 @@ def shipped(tmp_path_factory):
     example = np.zeros((1, 28, 28), np.uint8)
     copy = packaging.serving_code
     with pytest.MonkeyPatch.context() as patch:
-        for tail in ("", BROKEN_SYNTAX, NINE_CLASSES):
+        for tail in ("", BROKEN_SYNTAX, NINE_CLASSES, COUNTED):
 
             def broken_copy(folder: Path, tail: str = tail) -> Path:
                 package = copy(folder)
@@ -272,14 +286,161 @@ def test_one_checker_answers_every_version_shipping_the_same_code(
     (third,) = checkers() - {nine}
     assert third != first
 
-    # No answer in time: the request fails and the process is gone.
-    with pytest.raises(ServedModelError) as late:
+    # No answer in time: a plain TimeoutError (Prefect retries it, the gate
+    # records no error against the version) and the process is gone.
+    with pytest.raises(TimeoutError) as late:
         packaging.predict_in_fresh_process("models:/shipped-cnn/1", images, 0.01)
+    assert not isinstance(late.value, ServedModelError)
     assert str(late.value) == (
-        "models:/shipped-cnn/1 fails as a fresh process loads it (as `mlflow models "
-        "serve` would): it gave no answer within 0.01 s"
+        "models:/shipped-cnn/1 gave no answer within 0.01 s as a fresh process loads it"
     )
     assert checkers() == {nine}
+
+
+def kept_checker(model_uri: str, store: str) -> packaging._Checker:
+    """The checker kept (started if need be, asked nothing) for ``model_uri``."""
+    return packaging._checker(packaging._checker_key(model_uri, store))
+
+
+def test_a_checker_interrupted_or_out_of_step_is_not_asked_again(
+    shipped, trained_registry, monkeypatch
+):
+    """A cancelled request's answer is never read as the next request's."""
+    client = shipped[0]
+    tracking_store.connect(client.tracking_uri)
+    images = as_model_input(trained_registry.sample.x_test[:8])
+    uri = "models:/shipped-cnn/1"
+    expected = packaging.load_pyfunc(uri).predict(images)
+    packaging.predict_in_fresh_process(uri, images[:2])  # a kept checker, warm
+    warm = kept_checker(uri, client.tracking_uri)
+
+    # Cancelled (as Prefect's task timeout does) after the request was taken,
+    # before its answer was read: that checker is gone, the next answers right.
+    real_next = packaging._Checker._next
+
+    def cancelled_at_the_answer(checker, ident, deadline):
+        taken = real_next(checker, ident, deadline)
+        monkeypatch.setattr(packaging._Checker, "_next", cancelled)
+        return taken
+
+    def cancelled(checker, ident, deadline):
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(packaging._Checker, "_next", cancelled_at_the_answer)
+    with pytest.raises(asyncio.CancelledError):
+        packaging.predict_in_fresh_process(uri, images[2:])
+    monkeypatch.setattr(packaging._Checker, "_next", real_next)
+    assert warm.closed
+    wait_for_exit(warm.process.pid)
+    answer = packaging.predict_in_fresh_process(uri, images)
+    np.testing.assert_allclose(answer, expected, atol=1e-6)
+
+    # A line about another request (out of step): that checker is not believed
+    # nor kept; a new one reports the version's own error.
+    planted = kept_checker("models:/shipped-cnn/2", client.tracking_uri)
+    planted.answers.put(json.dumps({"id": "an earlier request"}) + "\n")
+    with pytest.raises(ServedModelError, match="SyntaxError"):
+        packaging.predict_in_fresh_process("models:/shipped-cnn/2", images)
+    assert planted.closed
+    wait_for_exit(planted.process.pid)
+
+
+def test_a_busy_checker_does_not_hold_a_request_up(shipped, monkeypatch):
+    """Another request's checker answers after CHECKER_BUSY_WAIT, not at timeout."""
+    client = shipped[0]
+    tracking_store.connect(client.tracking_uri)
+    uri = "models:/shipped-cnn/2"  # fails on import: no TensorFlow loaded
+    busy = kept_checker(uri, client.tracking_uri)
+    monkeypatch.setattr(packaging, "CHECKER_BUSY_WAIT", 0.2)
+    started = time.monotonic()
+    with busy.lock, pytest.raises(ServedModelError, match="SyntaxError"):
+        packaging.predict_in_fresh_process(uri, np.zeros((2, 28, 28)), timeout=120)
+    print(f"answered beside a busy checker in {time.monotonic() - started:.1f} s")
+    assert time.monotonic() - started < 60
+    assert not busy.closed and busy.answered == 0  # kept, not asked
+    assert busy.process.pid in checkers()
+    with busy.lock:
+        packaging._discard(packaging._checker_key(uri, client.tracking_uri), busy)
+
+
+def test_a_relative_sqlite_store_is_read_in_the_callers_folder(
+    shipped, trained_registry, monkeypatch
+):
+    """``sqlite:///mlflow.db`` means the working folder's store, for one checker."""
+    client = shipped[0]
+    images = as_model_input(trained_registry.sample.x_test[:8])
+    tracking_store.connect(trained_registry.uri)
+    expected = packaging.load_pyfunc("models:/mnist-cnn/1").predict(images)
+    tracking_store.connect(client.tracking_uri)
+    untrained = packaging.load_pyfunc("models:/shipped-cnn/1").predict(images)
+    checker = kept_checker("models:/shipped-cnn/1", client.tracking_uri)
+    answered = checker.answered
+
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    for store, uri, answer in (
+        (client.tracking_uri, "models:/shipped-cnn/1", untrained),
+        (trained_registry.uri, "models:/mnist-cnn/1", expected),
+    ):
+        monkeypatch.chdir(Path(store.removeprefix("sqlite:///")).parent)
+        got = packaging.predict_in_fresh_process(uri, images)
+        np.testing.assert_allclose(got, answer, atol=1e-6)
+    assert checker.answered == answered + 2  # the same kept checker: both
+    assert checker.process.pid in checkers()
+
+
+def test_a_checker_imports_each_versions_code_again(shipped, monkeypatch, tmp_path):
+    """Even with its download folder under a PYTHONPATH folder."""
+    client = shipped[0]
+    tracking_store.connect(client.tracking_uri)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where MLflow downloads
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    uri = "models:/shipped-cnn/4"
+    checker = kept_checker(uri, client.tracking_uri)
+    for imports in (1, 2):
+        images = np.zeros((2, 28, 28), np.float32)
+        answer = packaging.predict_in_fresh_process(uri, images)
+        np.testing.assert_array_equal(answer, np.full((2, 10), imports))
+    assert checker.answered == 2
+    with checker.lock:
+        packaging._discard(packaging._checker_key(uri, client.tracking_uri), checker)
+
+
+def test_an_idle_checker_exits_and_is_replaced(monkeypatch):
+    monkeypatch.setattr(packaging, "CHECKER_IDLE_EXIT", 1)
+    idle = packaging._checker("an idle key")
+    assert idle.process.wait(timeout=120) == 0
+    again = packaging._checker("an idle key")
+    assert again is not idle and again.process.poll() is None
+    with again.lock:
+        packaging._discard("an idle key", again)
+
+
+def test_a_version_that_cannot_be_read_is_reported_by_a_fresh_process(
+    shipped, monkeypatch, tmp_path
+):
+    """An odd MLmodel or a removed working folder: the error a fresh process meets."""
+    client = shipped[0]
+    tracking_store.connect(client.tracking_uri)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "MLmodel").write_text("flavors: {python_function: [\n")
+    client.create_registered_model("odd-cnn")
+    client.create_model_version("odd-cnn", str(odd))
+    assert packaging._checker_key("models:/odd-cnn/1", client.tracking_uri) is None
+    with pytest.raises(ServedModelError) as failed:
+        packaging.predict_in_fresh_process("models:/odd-cnn/1", np.zeros((2, 28, 28)))
+    assert "models:/odd-cnn/1 fails as a fresh process loads it" in str(failed.value)
+    assert "yaml" in str(failed.value).lower()
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # a process started here fails at its first relative path
+    with pytest.raises(ServedModelError, match="FileNotFoundError"):
+        packaging.predict_in_fresh_process(
+            "models:/shipped-cnn/2", np.zeros((2, 28, 28))
+        )
 
 
 def test_a_checker_serves_only_the_same_shipped_code_and_environment(
