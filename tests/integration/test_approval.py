@@ -7,6 +7,7 @@ button does, and meanwhile runs other trainings of the same model.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 import time
@@ -50,7 +51,12 @@ class Background:
         self.result: TrainingResult | None = None
         self.error: BaseException | None = None
         run = mnist_training.with_options(flow_run_name=self.name)
-        self.thread = threading.Thread(target=self._run, args=(run, config))
+        # This thread's settings (the session's Prefect server), as a flow run
+        # started here sees them, whatever another test left as the global ones.
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(
+            target=context.run, args=(self._run, run, config)
+        )
         self.thread.start()
 
     def _run(self, run, config: TrainConfig) -> None:

@@ -105,6 +105,9 @@ def test_refreshing_prefects_global_settings_reads_the_environment(monkeypatch):
     from prefect.settings import get_current_settings
 
     url = "http://127.0.0.1:9/api"
+    # Restored as it was after: an integration test's server (the session's)
+    # may be the global settings' API in this worker.
+    before = context.GLOBAL_SETTINGS_CONTEXT
     monkeypatch.setenv("PREFECT_API_URL", url)
     context.refresh_global_settings_context()
     try:
@@ -117,7 +120,7 @@ def test_refreshing_prefects_global_settings_reads_the_environment(monkeypatch):
         assert seen[0].api.url == url
     finally:
         monkeypatch.undo()
-        context.refresh_global_settings_context()
+        context.GLOBAL_SETTINGS_CONTEXT = before
 
 
 def test_a_temporary_server_is_not_a_shared_one(monkeypatch):
