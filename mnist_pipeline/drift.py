@@ -12,9 +12,7 @@ models: plain JSON, never pickle.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -201,13 +199,10 @@ def reference_profile_json(
     Versions registered before drift monitoring have none: the run's
     ``reference/`` folder is listed first, so only absence means None.
     """
+    from mnist_pipeline.runs import artifact_text
+
     run_id = client.get_model_version(model_name, version).run_id
-    logged = {a.path for a in client.list_artifacts(run_id, "reference")}
-    if "reference/profile.json" not in logged:
-        return None
-    with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(run_id, "reference/profile.json", folder)
-        return Path(path).read_text()
+    return artifact_text(client, run_id, "reference/profile.json")
 
 
 def batch_profile(images: np.ndarray, probabilities: np.ndarray) -> Profile:

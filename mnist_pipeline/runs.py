@@ -256,10 +256,8 @@ def log_evaluation(
         client.log_dict(run_id, dict(record), path)
 
 
-def load_json_artifact(
-    client: MlflowClient, run_id: str, path: str
-) -> dict[str, object] | None:
-    """A JSON artifact of a run; None when the run has none at ``path``.
+def artifact_text(client: MlflowClient, run_id: str, path: str) -> str | None:
+    """A text artifact of a run; None when the run has none at ``path``.
 
     The folder is listed first, so only absence means None: any other error
     (the store unreachable) is raised.
@@ -268,8 +266,15 @@ def load_json_artifact(
     if path not in {a.path for a in client.list_artifacts(run_id, folder)}:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(run_id, path, tmp)
-        return json.loads(Path(local).read_text())
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+
+
+def load_json_artifact(
+    client: MlflowClient, run_id: str, path: str
+) -> dict[str, object] | None:
+    """A JSON artifact of a run; None when the run has none at ``path``."""
+    text = artifact_text(client, run_id, path)
+    return None if text is None else json.loads(text)
 
 
 def run_url(client: MlflowClient, experiment_id: str, run_id: str) -> str | None:
