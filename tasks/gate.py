@@ -298,7 +298,6 @@ def promote_if_better(
             approval=approval,
         )
         _record(client, run_id, model_name, version, outcome, candidate, ref)
-        _record_unmoved_decision(client, run_id, model_name, version, outcome)
     _publish(model_name, version, outcome)
     return outcome
 
@@ -346,7 +345,6 @@ def record_verdict(
     person's refusal or an expiry also goes into the alias's history."""
     client = tracking_store.client()
     _record(client, run_id, model_name, version, outcome, candidate, ref)
-    _record_unmoved_decision(client, run_id, model_name, version, outcome)
     _publish(model_name, version, outcome)
     return outcome
 
@@ -424,6 +422,8 @@ def _record(
     candidate: gate.Scores,
     ref: DatasetRef,
 ) -> None:
+    """The verdict on the run and the version; a person's answer that moved
+    nothing also in the alias's history."""
     verdict = promotion.gate_record(outcome, candidate, ref)
     registry.record_gate(
         client,
@@ -435,6 +435,7 @@ def _record(
         verdict.record,
         verdict.description,
     )
+    _record_unmoved_decision(client, run_id, model_name, version, outcome)
 
 
 def _record_error(
